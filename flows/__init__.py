@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only (which tasks, in which order, with which params)."""

@@ -1,0 +1,140 @@
+"""The ``shrinkflow`` command line (Typer). Errors a user can fix print one line, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shrinkflow.env import setup
+from shrinkflow.errors import GateFailure, ShrinkflowError
+
+app = typer.Typer(
+    name="shrinkflow", no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Train, compress, convert to ONNX and validate a model; tracked in MLflow, "
+         "versioned in DVC, orchestrated by Prefect.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_ERROR = 1
+EXIT_GATE = 3
+
+
+def user_errors(fn):
+    """Turn a ShrinkflowError into one red line and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GateFailure as exc:
+            err_console.print(f"[bold red]gate failed:[/] {'; '.join(exc.failures)}")
+            raise typer.Exit(EXIT_GATE) from None
+        except ShrinkflowError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_ERROR) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def _root() -> None:
+    """shrinkflow: train -> compress -> convert -> validate, and prove it."""
+
+
+ParamsOpt = Annotated[Path | None, typer.Option(
+    "--params", "-p", help="params file (default: params.yaml in the workspace, else the "
+                           "built-in defaults)")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", help="override one param, e.g. --set train.epochs=5 (repeatable)")]
+WorkspaceOpt = Annotated[Path, typer.Option(
+    "--workspace", "-w", help="directory holding params.yaml, dvc.yaml and the outputs")]
+
+
+def _load(params: Path | None, overrides: list[str] | None, workspace: Path):
+    from shrinkflow.config import load_params
+
+    if params is None and (workspace / "params.yaml").is_file():
+        params = workspace / "params.yaml"
+    elif params is None:
+        err_console.print(f"note: no params.yaml in {workspace.resolve()}; using built-in defaults")
+    return load_params(params, overrides or [])
+
+
+@app.command()
+@user_errors
+def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = Path(".")):
+    """Run the pipeline: prepare -> train -> convert -> validate (cached steps are reused)."""
+    config = _load(params, set_, workspace)  # validated before anything is computed
+    workspace = workspace.resolve()
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    from flows.pipeline import pipeline
+
+    start = time.perf_counter()
+    # Step results (the cache) live in the workspace: deleting it resets the cache.
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: workspace / ".shrinkflow" / "results"}):
+        result = pipeline(params=config, workspace=str(workspace))
+    _print_summary(result, time.perf_counter() - start)
+
+
+def _fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return "-"
+    return {"pct": f"{value * 100:.2f} %", "ms": f"{value:.3f} ms", "diff": f"{value:.2e}",
+            "bytes": f"{value / 1024:.1f} KiB", "int": f"{int(value):,}"}[kind]
+
+
+def _print_summary(result, seconds: float) -> None:
+    # One row per metric, one column per model: stays readable in an 80-column terminal.
+    table = Table(title="shrinkflow: validated models", title_justify="left")
+    rows = [("test accuracy (torch)", "test_accuracy", "pct"),
+            ("test accuracy (ONNX Runtime)", "onnx_test_accuracy", "pct"),
+            ("parity: max |logit diff|", "parity_max_abs_diff", "diff"),
+            ("parity: top-1 agreement", "parity_top1_agreement", "pct"),
+            ("latency p50, batch 1", "latency_p50_ms_b1", "ms"),
+            ("latency p95, batch 1", "latency_p95_ms_b1", "ms"),
+            ("latency p50, batch 256", "latency_p50_ms_b256", "ms"),
+            ("latency p95, batch 256", "latency_p95_ms_b256", "ms"),
+            ("size on disk", "size_bytes", "bytes"), ("size gzipped", "size_gzip_bytes", "bytes"),
+            ("parameters", "params", "int")]
+    table.add_column("metric")
+    for name in result.metrics:
+        table.add_column(name, justify="right")
+    for title, key, kind in rows:
+        table.add_row(title, *[_fmt(v.get(key), kind) for v in result.metrics.values()])
+    console.print(table)
+    run = result.run
+    console.print(f"MLflow run  {run.run_id}  (experiment {run.experiment_id})")
+    console.print(f"reused from cache: {', '.join(result.reused) or 'nothing'}; "
+                  f"computed: {', '.join(result.computed) or 'nothing'}")
+    if result.dvc.get("skipped"):
+        console.print(f"DVC: not recorded ({result.dvc['skipped']})")
+    elif result.dvc:
+        console.print(f"DVC: outputs recorded in dvc.lock, {result.dvc['dvc_pushed']} file(s) "
+                      "pushed to the remote")
+    console.print(f"wall time {seconds:.1f} s")
+    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {run.tracking_uri}   "
+                  "(then http://127.0.0.1:5000)")
+    console.print("Prefect UI: prefect server start   (then http://127.0.0.1:4200)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    setup()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

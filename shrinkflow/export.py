@@ -1,0 +1,106 @@
+"""Convert a checkpoint to ONNX: one self-contained file, dynamic batch axis, fully checked."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import torch
+
+from shrinkflow.artifacts import ModelArtifact, OnnxArtifact, atomic_path, file_sha256
+from shrinkflow.config import ConvertParams
+from shrinkflow.errors import ShrinkflowError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path,
+                params: ConvertParams, metadata: dict[str, str] | None = None) -> None:
+    """Export ``model`` (eval mode) to ``path`` atomically and run onnx's full checker."""
+    import onnx
+
+    model.eval()
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    with atomic_path(path) as tmp:
+        try:
+            # The exporter prints progress and registry warnings; keep the console clean.
+            with contextlib.redirect_stdout(io.StringIO()), _quiet("torch"):
+                if params.exporter == "dynamo":
+                    kwargs = {"dynamo": True, "external_data": False,  # one file, no .data
+                              "dynamic_shapes": ({0: torch.export.Dim("batch", min=1)},)}
+                else:
+                    kwargs = {"dynamo": False, "dynamic_axes": {INPUT_NAME: {0: "batch"},
+                                                                 OUTPUT_NAME: {0: "batch"}}}
+                torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], opset_version=params.opset,
+                                  **kwargs)
+        except Exception as exc:
+            raise ShrinkflowError(f"convert: torch.onnx.export ({params.exporter}) failed: "
+                                  f"{exc}; try convert.exporter: legacy") from None
+        proto = onnx.load(str(tmp))
+        for key, value in (metadata or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        check_onnx(tmp)
+
+
+def check_onnx(path: str | Path) -> int:
+    """Run onnx's full checker (with shape inference); return the model's opset."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ShrinkflowError(f"{path}: invalid ONNX model ({exc})") from None
+    return opset_of(proto)
+
+
+def opset_of(proto) -> int:
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+               default=0)
+
+
+def convert(model_artifact: ModelArtifact, params: ConvertParams, out_path: str | Path) -> OnnxArtifact:
+    """Export a checkpoint to ``out_path``; the record carries the opset and hashes."""
+    import json
+
+    from shrinkflow.models import load_checkpoint
+
+    model, ckpt = load_checkpoint(model_artifact.path)
+    meta = {"shrinkflow.variant": model_artifact.name,
+            "shrinkflow.norm": json.dumps(ckpt.get("norm", {}), sort_keys=True),
+            "shrinkflow.classes": json.dumps(ckpt.get("classes", [])),
+            "shrinkflow.source_sha256": model_artifact.sha256}
+    export_onnx(model, tuple(ckpt["input_shape"]), out_path, params, meta)
+    return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def onnx_record(path: str | Path, source_sha256: str, params: ConvertParams,
+                name: str | None = None) -> OnnxArtifact:
+    """The record of an ONNX file on disk (its variant name is in the file's metadata)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    return OnnxArtifact(
+        path=str(Path(path).resolve()), sha256=file_sha256(path),
+        name=name or props.get("shrinkflow.variant", Path(path).stem),
+        source_sha256=source_sha256, opset=opset_of(proto), exporter=params.exporter,
+        config_hash=params.config_hash(),
+    )

@@ -1,0 +1,121 @@
+"""Architectures (a configurable CNN) and the checkpoint format.
+
+A checkpoint is a plain dict of tensors and primitives, loadable with
+``torch.load(weights_only=True)``; it stores the architecture *as built* (after
+structured pruning the widths differ from params.yaml) and the config that made it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shrinkflow.artifacts import ModelArtifact, atomic_path, file_sha256
+from shrinkflow.config import ArchParams
+from shrinkflow.errors import ShrinkflowError
+
+CHECKPOINT_FORMAT = "shrinkflow.checkpoint/1"
+
+
+class CNN(nn.Module):
+    """Conv blocks -> global average pool -> (hidden linear) -> classifier."""
+
+    def __init__(self, arch: ArchParams, in_channels: int, num_classes: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        k = arch.kernel_size
+        for b, block in enumerate(arch.blocks):
+            for width in block:
+                layers.append(nn.Conv2d(c, width, k, padding=k // 2, bias=not arch.batchnorm))
+                if arch.batchnorm:
+                    layers.append(nn.BatchNorm2d(width))
+                layers.append(nn.ReLU())
+                c = width
+            if b < len(arch.blocks) - 1:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        head: list[nn.Module] = [nn.Flatten()]
+        if arch.hidden:
+            head += [nn.Linear(c, arch.hidden), nn.ReLU()]
+            c = arch.hidden
+        if arch.dropout:
+            head.append(nn.Dropout(arch.dropout))
+        head.append(nn.Linear(c, num_classes))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
+
+
+def build_model(arch: ArchParams, input_shape: tuple[int, ...], num_classes: int) -> CNN:
+    """Build the CNN for inputs of shape (C, H, W)."""
+    return CNN(arch, in_channels=int(input_shape[0]), num_classes=num_classes)
+
+
+def arch_of(model: CNN, like: ArchParams) -> ArchParams:
+    """The architecture a (possibly structurally pruned) model actually has now."""
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    widths = iter(c.out_channels for c in convs)
+    blocks = [[next(widths) for _ in block] for block in like.blocks]
+    linears = [m for m in model.head if isinstance(m, nn.Linear)]
+    hidden = linears[0].out_features if like.hidden else 0
+    return like.model_copy(update={"blocks": blocks, "hidden": hidden})
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, non-zero parameters)."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p).item())
+    return total, nonzero
+
+
+def save_checkpoint(model: CNN, arch: ArchParams, path: str | Path, **info: Any) -> str:
+    """Write a weights-only checkpoint atomically; return its sha256.
+
+    ``info`` holds primitives describing how the model was made (input_shape,
+    num_classes, norm, step, config, parent, masks, ...).
+    """
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "arch": arch.model_dump(mode="json"),
+               "state_dict": state, **info}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return file_sha256(path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[CNN, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode, dict)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ShrinkflowError(f"{p}: checkpoint not found; rerun the step that makes it")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ShrinkflowError(f"{p}: corrupt or foreign checkpoint ({exc}); rerun the step "
+                              "that makes it") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ShrinkflowError(f"{p}: not a shrinkflow checkpoint ({CHECKPOINT_FORMAT})")
+    arch = ArchParams.model_validate(ckpt["arch"])
+    model = build_model(arch, tuple(ckpt["input_shape"]), int(ckpt["num_classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def model_record(path: str | Path, summary: dict[str, float] | None = None) -> ModelArtifact:
+    """The record of a checkpoint on disk (what ``python -m tasks.<step>`` passes on)."""
+    model, ckpt = load_checkpoint(path)
+    total, nonzero = count_params(model)
+    return ModelArtifact(
+        path=str(Path(path).resolve()), sha256=file_sha256(path), name=ckpt["name"],
+        step=ckpt["step"], config_hash=ckpt["config_hash"], parent=ckpt.get("parent"),
+        data_fingerprint=ckpt["data_fingerprint"], num_params=total, nonzero_params=nonzero,
+        summary=summary or {},
+    )

@@ -1,0 +1,198 @@
+"""One training loop. Train, fine-tune, distill and QAT differ only in the loss, the
+masks kept at zero, and the hooks run after each backward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shrinkflow.artifacts import DataArtifact, ModelArtifact
+from shrinkflow.config import TrainParams
+from shrinkflow.data import Splits, load_prepared
+from shrinkflow.models import build_model, model_record, save_checkpoint
+
+log = logging.getLogger("shrinkflow")
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Hook = Callable[[nn.Module], None]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    patience: int
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    augment_shift: int = 0
+    threads: int = 2
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    epochs_run: int
+    best_val_accuracy: float
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
+                "best_val_accuracy": self.best_val_accuracy,
+                "fit_seconds": round(self.seconds, 3)}
+
+
+def set_determinism(seed: int, threads: int) -> torch.Generator:
+    """Seed everything and fix the thread count, so a CPU run repeats bit for bit."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def random_shift(x: torch.Tensor, shift: int, g: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``shift`` pixels (zero-padding at the background)."""
+    n, _, h, w = x.shape
+    fill = float(x.amin())
+    padded = F.pad(x, (shift, shift, shift, shift), value=fill)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=g)
+    out = torch.empty_like(x)
+    for oy in range(2 * shift + 1):
+        for ox in range(2 * shift + 1):
+            sel = ((dy == oy) & (dx == ox)).nonzero(as_tuple=True)[0]
+            if len(sel):
+                out[sel] = padded[sel, :, oy:oy + h, ox:ox + w]
+    return out
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 1024) -> np.ndarray:
+    """Logits of ``model`` (in eval mode) on ``x``, batched."""
+    model.eval()
+    xt = torch.as_tensor(x)
+    outs = [model(xt[i:i + batch]) for i in range(0, len(xt), batch)]
+    return torch.cat(outs).numpy()
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean())
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the masked-out weights in place (masks: parameter name -> bool/0-1 tensor)."""
+    if not masks:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name].dtype))
+
+
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    cfg: FitConfig,
+    loss_fn: LossFn | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+    hooks: list[Hook] | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` in place with Adam; early-stop on validation accuracy and restore
+    the best weights. ``masks`` stay exactly zero throughout (pruned fine-tuning);
+    ``hooks`` run after every backward pass (e.g. movement-pruning scores).
+    """
+    from tqdm.auto import tqdm
+
+    g = set_determinism(cfg.seed, cfg.threads)
+    if loss_fn is None:
+        def loss_fn(logits, _x, y):
+            return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    x_train = torch.from_numpy(splits.x_train)
+    y_train = torch.from_numpy(splits.y_train)
+    apply_masks(model, masks or {})
+
+    best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=None, leave=False)
+    epoch = 0
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(x_train), generator=g)
+        total_loss, seen = 0.0, 0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if cfg.augment_shift:
+                xb = random_shift(xb, cfg.augment_shift, g)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), xb, yb)
+            loss.backward()
+            for hook in hooks or ():
+                hook(model)
+            opt.step()
+            apply_masks(model, masks or {})
+            total_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        sched.step()
+        val_acc = accuracy(predict_logits(model, splits.x_val), splits.y_val)
+        history.append({"epoch": epoch, "train_loss": total_loss / seen, "val_accuracy": val_acc})
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", val_acc=f"{val_acc:.4f}")
+        log.info("%s epoch %d/%d loss %.4f val_accuracy %.4f", desc, epoch, cfg.epochs,
+                 total_loss / seen, val_acc)
+        if val_acc > best_acc:
+            best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= cfg.patience:
+            log.info("%s: early stop at epoch %d (best %d)", desc, epoch, best_epoch)
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(best_epoch=best_epoch, epochs_run=epoch, best_val_accuracy=best_acc,
+                     seconds=time.perf_counter() - start, history=history)
+
+
+def fit_config(params: TrainParams, threads: int) -> FitConfig:
+    return FitConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+                     seed=params.seed, patience=params.patience,
+                     weight_decay=params.weight_decay, label_smoothing=params.label_smoothing,
+                     augment_shift=params.augment_shift, threads=threads)
+
+
+def checkpoint_info(data: DataArtifact, splits: Splits) -> dict:
+    """What every checkpoint stores about the data it was made from."""
+    return {"input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
+            "classes": list(splits.meta.get("classes", [])),
+            "norm": {k: splits.meta[k] for k in ("scale", "mean", "std")},
+            "data_fingerprint": data.fingerprint}
+
+
+def train(params: TrainParams, data: DataArtifact, out_path: str | Path,
+          threads: int = 2, name: str = "teacher") -> ModelArtifact:
+    """Train the teacher from scratch on the prepared data; write a checkpoint."""
+    splits = load_prepared(data.path)
+    set_determinism(params.seed, threads)  # before building: weight init is seeded too
+    model = build_model(params.model, splits.input_shape, splits.num_classes)
+    result = fit(model, splits, fit_config(params, threads), desc=name)
+    save_checkpoint(model, params.model, out_path, step="train", name=name, parent=None,
+                    config=params.model_dump(mode="json"), config_hash=params.config_hash(),
+                    **checkpoint_info(data, splits))
+    return model_record(out_path, summary=result.summary())

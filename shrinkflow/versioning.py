@@ -1,0 +1,60 @@
+"""DVC: record a flow's outputs in ``dvc.lock`` and push them to the remote.
+
+The flow writes exactly the paths ``dvc.yaml`` declares, so ``dvc commit`` can hash
+them into ``dvc.lock`` as if ``dvc repro`` had made them; a later ``dvc repro`` then
+finds every stage up to date, and a clean clone can ``dvc pull`` the outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shrinkflow.artifacts import file_sha256
+from shrinkflow.config import Params, parse_params, read_yaml
+from shrinkflow.errors import ShrinkflowError
+
+
+def is_dvc_workspace(root: str | Path) -> bool:
+    root = Path(root)
+    return (root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()
+
+
+def params_match_file(params: Params, root: str | Path) -> bool:
+    """True when the workspace's params.yaml holds exactly the params the run used.
+
+    dvc.lock records params.yaml's values; committing outputs made with other values
+    (``--set``, ``--params other.yaml``) would make the lock lie.
+    """
+    path = Path(root) / "params.yaml"
+    if not path.is_file():
+        return False
+    try:
+        on_disk = parse_params(read_yaml(path), source=str(path))
+    except ShrinkflowError:
+        return False
+    return on_disk.dump() == params.dump()
+
+
+def record_outputs(root: str | Path, push: bool = True, remote: str | None = None) -> dict[str, Any]:
+    """``dvc commit`` every stage (outs into the cache, hashes into dvc.lock), then push.
+
+    Returns what happened: the dvc.lock hash and the number of files pushed.
+    """
+    import logging
+
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # not its per-file chatter
+    root = Path(root)
+    try:
+        with Repo(str(root)) as repo:
+            repo.commit(force=True)
+            pushed = repo.push(remote=remote) if push else 0
+    except DvcException as exc:
+        raise ShrinkflowError(f"dvc in {root}: {exc}; check .dvc/config (remote) or run "
+                              "`dvc status` there") from None
+    lock = root / "dvc.lock"
+    return {"dvc_lock_sha256": file_sha256(lock) if lock.is_file() else "",
+            "dvc_pushed": int(pushed or 0)}

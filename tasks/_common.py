@@ -1,0 +1,85 @@
+"""What every task shares: the cache policy, the retry rule, the DVC-stage entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+
+import shrinkflow
+from shrinkflow.config import Params, load_params
+from shrinkflow.errors import ShrinkflowError
+from shrinkflow.workspace import Workspace
+
+
+def _library_hash() -> str:
+    root = Path(shrinkflow.__file__).parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class LibrarySource(CachePolicy):
+    """Changes when any source file of the library changes.
+
+    TASK_SOURCE alone only sees the thin wrapper; the logic lives in ``shrinkflow/``.
+    """
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        return _library_hash()
+
+
+# A re-run with the same inputs, wrapper and library code returns the stored record
+# instead of recomputing.
+STEP_CACHE = INPUTS + TASK_SOURCE + LibrarySource()
+
+
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry transient failures; a ShrinkflowError (bad input) fails the same way again."""
+    try:
+        state.result()
+    except ShrinkflowError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+STEP_OPTIONS: dict[str, Any] = {
+    "cache_policy": STEP_CACHE,
+    "persist_result": True,
+    "retries": 1,
+    "retry_delay_seconds": 2,
+    "retry_condition_fn": retry_unless_user_error,
+}
+
+
+def stage_main(run: Callable[[Params, Workspace], Any], argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m tasks.<step>`` (a dvc.yaml stage) in the current directory.
+
+    Reads ./params.yaml, runs the step, prints a one-line error (no traceback) on failure.
+    """
+    from shrinkflow.env import setup
+
+    setup()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        ws = Workspace.at(".")
+        params = load_params(ws.params_file)
+        result = run(params, ws, *argv)
+    except ShrinkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(result.model_dump_json(indent=None) if hasattr(result, "model_dump_json") else result)
+    return 0
