@@ -6,6 +6,7 @@ same steps as stages; ``STEPS`` is what a test checks it against.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -115,3 +116,13 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
     return PipelineResult(run=run, metrics={metrics.name: metrics.values},
                           models={metrics.name: logged}, reused=step.reused,
                           computed=step.computed, dvc=dvc)
+
+
+def run_pipeline(params: Params, workspace: str | Path = ".") -> PipelineResult:
+    """Run the flow in-process with its step results (the cache) kept in the workspace,
+    so deleting ``.shrinkflow/`` resets the cache and workspaces never share it."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    ws = Workspace.at(workspace)
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: ws.state_dir / "results"}):
+        return pipeline(params=params, workspace=str(ws.root))

@@ -78,14 +78,10 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
     """Run the pipeline: prepare -> train -> convert -> validate (cached steps are reused)."""
     config = _load(params, set_, workspace)  # validated before anything is computed
     workspace = workspace.resolve()
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-
-    from flows.pipeline import pipeline
+    from flows.pipeline import run_pipeline
 
     start = time.perf_counter()
-    # Step results (the cache) live in the workspace: deleting it resets the cache.
-    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: workspace / ".shrinkflow" / "results"}):
-        result = pipeline(params=config, workspace=str(workspace))
+    result = run_pipeline(config, workspace)
     _print_summary(result, time.perf_counter() - start)
 
 

@@ -204,8 +204,13 @@ def prepare(params: PrepareParams, out_dir: str | Path) -> DataArtifact:
         raise ShrinkflowError(f"{params.dataset}: class {int(counts.argmin())} has "
                               f"{int(counts.min())} example(s); each class needs >= 3 to split")
     has_test = raw.x_test is not None
-    idx = split_indices(raw.y, (params.val_fraction, params.test_fraction), params.seed,
-                        has_test)
+    try:
+        idx = split_indices(raw.y, (params.val_fraction, params.test_fraction), params.seed,
+                            has_test)
+    except ValueError as exc:  # a split too small to hold every class
+        raise ShrinkflowError(f"{params.dataset}: cannot split {len(raw.y)} examples of "
+                              f"{n_classes} classes ({exc}); raise prepare.val_fraction / "
+                              "prepare.test_fraction or add data") from None
     arrays = {"x_train": raw.x[idx["train"]], "y_train": raw.y[idx["train"]],
               "x_val": raw.x[idx["val"]], "y_val": raw.y[idx["val"]]}
     if has_test:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,11 @@ def _dataset(data: DataArtifact):
     from shrinkflow.data import load_prepared
 
     splits = load_prepared(data.path)
-    return mlflow.data.from_numpy(splits.x_test, targets=splits.y_test, source=data.path,
-                                  name=f"{data.dataset}-{data.fingerprint[:8]}",
-                                  digest=data.fingerprint[:16])
+    with warnings.catch_warnings():  # MLflow registers two equivalent local-path sources
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.data.from_numpy(splits.x_test, targets=splits.y_test, source=data.path,
+                                      name=f"{data.dataset}-{data.fingerprint[:8]}",
+                                      digest=data.fingerprint[:16])
 
 
 def log_model_run(parent: RunRef, model: ModelArtifact, onnx_art: OnnxArtifact,

@@ -7,6 +7,10 @@ finds every stage up to date, and a clean clone can ``dvc pull`` the outputs.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +40,31 @@ def params_match_file(params: Params, root: str | Path) -> bool:
     return on_disk.dump() == params.dump()
 
 
+def dvc(root: str | Path, *args: str, timeout: float = 600) -> str:
+    """Run ``dvc ARGS`` in ``root`` in a subprocess (DVC's Python API depends on the
+    process's working directory, which a flow must not change under its threads)."""
+    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True,
+                         text=True, timeout=timeout, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if out.returncode != 0:
+        lines = [ln for ln in (out.stderr or out.stdout).strip().splitlines() if ln.strip()]
+        detail = lines[-1] if lines else f"exit code {out.returncode}"
+        raise ShrinkflowError(f"dvc {' '.join(args)} in {root}: {detail}; check .dvc/config "
+                              "(remote) or run `dvc status` there")
+    return out.stdout
+
+
 def record_outputs(root: str | Path, push: bool = True, remote: str | None = None) -> dict[str, Any]:
     """``dvc commit`` every stage (outs into the cache, hashes into dvc.lock), then push.
 
     Returns what happened: the dvc.lock hash and the number of files pushed.
     """
-    import logging
-
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    logging.getLogger("dvc").setLevel(logging.WARNING)  # not its per-file chatter
     root = Path(root)
-    try:
-        with Repo(str(root)) as repo:
-            repo.commit(force=True)
-            pushed = repo.push(remote=remote) if push else 0
-    except DvcException as exc:
-        raise ShrinkflowError(f"dvc in {root}: {exc}; check .dvc/config (remote) or run "
-                              "`dvc status` there") from None
+    dvc(root, "commit", "--force", "--quiet")
+    pushed = 0
+    if push:
+        text = dvc(root, "push", *(["--remote", remote] if remote else []))
+        match = re.search(r"(\d+) files? pushed", text)
+        pushed = int(match.group(1)) if match else 0
     lock = root / "dvc.lock"
     return {"dvc_lock_sha256": file_sha256(lock) if lock.is_file() else "",
-            "dvc_pushed": int(pushed or 0)}
+            "dvc_pushed": pushed}

@@ -1,0 +1,100 @@
+"""The real flow on digits: Prefect's harness, MLflow on SQLite, a git+DVC workspace."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from shrinkflow.config import load_params
+from shrinkflow.errors import GateFailure
+from tests.conftest import fast_overrides, write_params
+
+pytestmark = pytest.mark.slow
+
+METRICS = ("test_accuracy", "onnx_test_accuracy", "parity_max_abs_diff", "parity_top1_agreement",
+           "latency_p50_ms_b1", "latency_p95_ms_b1", "latency_p50_ms_b256",
+           "latency_p95_ms_b256", "size_bytes", "size_gzip_bytes", "params")
+
+
+def _client(ws):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+
+
+def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
+    from flows.pipeline import run_pipeline
+
+    write_params(workspace, fast_overrides())
+    params = load_params(workspace / "params.yaml")
+    first = run_pipeline(params, workspace)
+
+    assert first.computed == ["prepare", "train", "convert", "validate"]
+    teacher = first.metrics["teacher"]
+    assert teacher["parity_top1_agreement"] >= 0.999
+    assert teacher["parity_max_abs_diff"] < 1e-3
+    assert teacher["onnx_test_accuracy"] > 0.8  # 3 epochs on digits
+
+    # MLflow: a FINISHED parent run, a nested teacher run with every metric and artifact.
+    c = _client(workspace)
+    parent = c.get_run(first.run.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["shrinkflow.data_fingerprint"]
+    assert len(parent.data.tags["shrinkflow.git_commit"]) == 40
+    assert parent.data.params["train.epochs"] == "3"
+    children = c.search_runs([first.run.experiment_id],
+                             f"tags.mlflow.parentRunId = '{first.run.run_id}'")
+    assert [r.info.run_name for r in children] == ["teacher"]
+    child = children[0]
+    for key in METRICS:
+        assert key in child.data.metrics, key
+    assert child.data.tags["shrinkflow.step"] == "train"
+    artifacts = {a.path for a in c.list_artifacts(child.info.run_id)}
+    assert "checkpoint" in artifacts
+    assert child.inputs.dataset_inputs[0].dataset.digest == \
+        parent.data.tags["shrinkflow.data_fingerprint"][:16]
+    import mlflow
+
+    logged = mlflow.get_logged_model(first.models["teacher"]["model_id"])
+    assert logged.source_run_id == child.info.run_id
+
+    # DVC: outputs in dvc.lock and in the remote.
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train", "convert", "validate"}
+    assert lock["stages"]["train"]["outs"][0]["path"] == "models/teacher.pt"
+    assert first.dvc["dvc_pushed"] > 0
+    metrics_file = json.loads((workspace / "metrics" / "validate.json").read_text())
+    assert metrics_file["teacher"]["gate_passed"] is True
+
+    # Nothing changed: every step is served from the cache; nothing trains.
+    second = run_pipeline(params, workspace)
+    assert second.reused == ["prepare", "train", "convert", "validate"]
+    assert second.computed == []
+    assert second.metrics["teacher"] == teacher
+
+    # A deleted output is noticed and recomputed, not silently returned from the cache.
+    (workspace / "models" / "teacher.onnx").unlink()
+    third = run_pipeline(params, workspace)
+    assert third.computed == ["convert"]
+    assert (workspace / "models" / "teacher.onnx").is_file()
+
+
+def test_failing_gate_logs_metrics_and_fails_the_run(prefect_harness, workspace):
+    from flows.pipeline import run_pipeline
+
+    overrides = [*fast_overrides(1), "validate.gates.max_abs_diff=1e-12"]
+    params = load_params(workspace / "params.yaml", overrides)
+    with pytest.raises(GateFailure, match="parity_max_abs_diff"):
+        run_pipeline(params, workspace)
+    c = _client(workspace)
+    exp = c.get_experiment_by_name("shrinkflow")
+    runs = c.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("shrinkflow.step") == "pipeline")
+    child = next(r for r in runs if r.info.run_name == "teacher")
+    assert parent.info.status == "FAILED"
+    assert "gate" in parent.data.tags["shrinkflow.error"]
+    assert child.data.tags["shrinkflow.gate"] == "fail"
+    assert "parity_max_abs_diff" in child.data.metrics
+    assert not (workspace / "dvc.lock").exists()  # failed outputs are not recorded
