@@ -41,11 +41,23 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
             raise ShrinkflowError(f"convert: torch.onnx.export ({params.exporter}) failed: "
                                   f"{exc}; try convert.exporter: legacy") from None
         proto = onnx.load(str(tmp))
+        _strip_debug_info(proto)
         for key, value in (metadata or {}).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
         check_onnx(tmp)
+
+
+def _strip_debug_info(proto) -> None:
+    """Drop the exporter's per-node stack traces and FX dumps: they embed source paths,
+    which would make the same model's bytes differ between checkouts (and DVC hashes
+    with them), and they bloat the file."""
+    for node in proto.graph.node:
+        node.doc_string = ""
+        del node.metadata_props[:]
+    del proto.graph.metadata_props[:]
+    proto.graph.doc_string = ""
 
 
 def check_onnx(path: str | Path) -> int:

@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv if missing, then run the default pipeline
+#   make test   create .venv if missing, then run the test suite
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+# This project's machines keep the CPU build of torch in /opt/wheels; uv does not read
+# pip's config, so the location is passed explicitly (else torch comes as a CUDA build).
+WHEELS  ?= /opt/wheels
+FIND    := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
+STAMP   := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
+       ORT_DISABLE_TELEMETRY=1 DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1
+
+.PHONY: setup run test test-fast repro lint lock clean-state
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install --python $(PY) $(FIND) --quiet -r requirements.lock
+	$(VENV)/bin/uv pip install --python $(PY) --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/shrinkflow run $(ARGS)
+
+test: setup
+	$(VENV)/bin/pytest -q $(ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow" $(ARGS)
+
+# dvc repro runs `python -m tasks.<step>`: the venv must come first on PATH.
+repro: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/dvc repro $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# Re-resolve requirements.lock after changing dependencies in pyproject.toml.
+lock: setup
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND) --python-version 3.11 \
+	  --no-header --quiet -o requirements.lock
+
+clean-state:
+	rm -rf mlflow.db mlartifacts .shrinkflow data/prepared models metrics

@@ -1,0 +1,55 @@
+"""`dvc repro` runs the same steps as the flow and gets the same numbers; a clean clone
+can `dvc pull` what a flow run pushed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from shrinkflow.config import load_params
+from tests.conftest import fast_overrides, make_workspace, venv_env, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, cwd):
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=venv_env(),
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_dvc_repro_matches_flow_and_clean_clone_pulls(prefect_harness, tmp_path):
+    from flows.pipeline import run_pipeline
+
+    dvc = [sys.executable, "-m", "dvc"]
+    flow_ws = make_workspace(tmp_path / "flow", tmp_path / "remote")
+    repro_ws = make_workspace(tmp_path / "repro", tmp_path / "remote2")
+    for ws in (flow_ws, repro_ws):
+        write_params(ws, fast_overrides())
+
+    result = run_pipeline(load_params(flow_ws / "params.yaml"), flow_ws)
+    # The flow's outputs are recorded: DVC sees nothing to redo.
+    assert "up to date" in run([*dvc, "status"], flow_ws)
+
+    run([*dvc, "repro"], repro_ws)
+    by_repro = json.loads((repro_ws / "metrics" / "validate.json").read_text())["teacher"]
+    by_flow = result.metrics["teacher"]
+    for key in ("test_accuracy", "onnx_test_accuracy", "params", "size_bytes"):
+        assert by_repro[key] == pytest.approx(by_flow[key], abs=1e-6), key
+    assert by_repro["parity_max_abs_diff"] < 1e-3
+
+    # A clean clone restores the flow's outputs from the remote.
+    subprocess.run(["git", "add", "dvc.lock", "params.yaml"], cwd=flow_ws, check=True)
+    subprocess.run(["git", "-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "run"],
+                   cwd=flow_ws, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(flow_ws), str(clone)], check=True)
+    run([*dvc, "remote", "add", "-d", "--local", "-f", "test", str(tmp_path / "remote")], clone)
+    run([*dvc, "pull"], clone)
+    assert (clone / "models" / "teacher.onnx").read_bytes() == \
+        (flow_ws / "models" / "teacher.onnx").read_bytes()
+    assert "up to date" in run([*dvc, "status"], clone)
