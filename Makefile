@@ -8,8 +8,12 @@ PY      := $(VENV)/bin/python
 WHEELS  ?= /opt/wheels
 FIND    := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 STAMP   := $(VENV)/.installed
-export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true \
-       ORT_DISABLE_TELEMETRY=1 DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1
+# Telemetry off for everything make starts (the code sets these too).
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export ORT_DISABLE_TELEMETRY := 1
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
 
 .PHONY: setup run test test-fast repro lint lock clean-state
 
