@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -118,14 +119,171 @@ class ValidateParams(Section):
     gates: ValidateGates = Field(default_factory=ValidateGates)
 
 
+# --- variants: chains of compression steps ------------------------------------------
+
+
+class FitParams(Section):
+    """Training knobs shared by every step that trains (fine-tune, distill, QAT, movement)."""
+
+    epochs: int = Field(3, ge=1, le=10_000)
+    lr: float = Field(5e-4, gt=0, le=10)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(5, ge=1)
+    augment_shift: int = Field(0, ge=0, le=8)
+    seed: int = 7
+
+
+class PruneStep(Section):
+    """Unstructured (magnitude, random, movement) masks, or structured channel removal."""
+
+    kind: Literal["prune"] = "prune"
+    method: Literal["magnitude", "random", "movement", "structured"] = "magnitude"
+    amount: float = Field(0.5, gt=0, lt=1)
+    # global: one threshold over all layers; layer: the same fraction in every layer.
+    scope: Literal["global", "layer"] = "global"
+    # structured: L1 or L2 norm of a channel's weights ranks the channels.
+    norm: Literal[1, 2] = 1
+    # Iterative schedule: reach `amount` in this many prune -> fine-tune cycles.
+    iterations: int = Field(1, ge=1, le=50)
+    # Fine-tuning between iterations, and for movement the epochs that score weights.
+    fit: FitParams = Field(default_factory=lambda: FitParams(epochs=1))
+    seed: int = 0
+
+
+class FinetuneStep(Section):
+    """Train further, keeping pruned weights at exactly zero."""
+
+    kind: Literal["finetune"] = "finetune"
+    fit: FitParams = Field(default_factory=FitParams)
+
+
+class QuantizeStep(Section):
+    """int8: ONNX Runtime dynamic or static (QDQ, calibrated), or quantization-aware training."""
+
+    kind: Literal["quantize"] = "quantize"
+    method: Literal["dynamic", "static", "qat"] = "static"
+    calibrator: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    # Calibration examples, drawn stratified from the validation split (never test).
+    calibration_size: int = Field(512, ge=16)
+    percentile: float = Field(99.999, gt=90, le=100)
+    fit: FitParams = Field(default_factory=lambda: FitParams(epochs=2, lr=1e-4))
+
+    @property
+    def is_onnx_only(self) -> bool:
+        """Dynamic and static act on the ONNX file: no torch step can follow them."""
+        return self.method in ("dynamic", "static")
+
+
+class DistillStep(Section):
+    """Train a (smaller) student on the parent model's outputs."""
+
+    kind: Literal["distill"] = "distill"
+    student: ArchParams = Field(default_factory=lambda: ArchParams(blocks=[[8], [16]]))
+    # hard: teacher's argmax as labels; soft: KL on T-softened logits (x T^2);
+    # mixed: alpha * soft + (1 - alpha) * cross-entropy on the true labels.
+    loss: Literal["hard", "soft", "mixed"] = "mixed"
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0, le=100)
+    fit: FitParams = Field(default_factory=lambda: FitParams(epochs=20, lr=2e-3))
+
+
+Step = Annotated[PruneStep | FinetuneStep | QuantizeStep | DistillStep,
+                 Field(discriminator="kind")]
+STEP_KINDS = ("prune", "finetune", "quantize", "distill")
+VARIANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class Variant(Section):
+    """A named chain of steps applied to a parent model (the teacher or another variant)."""
+
+    from_: str = Field("teacher", alias="from")
+    steps: list[Step] = Field(min_length=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_as_single_key_maps(cls, raw: Any) -> Any:
+        """Accept ``- prune: {amount: 0.8}`` (the params.yaml form) for each step."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list):
+            return raw
+        steps = []
+        for i, item in enumerate(raw["steps"]):
+            if isinstance(item, dict) and len(item) == 1 and "kind" not in item:
+                (kind, body), = item.items()
+                if kind not in STEP_KINDS:
+                    raise ValueError(f"steps[{i}]: unknown step {kind!r} "
+                                     f"(one of {', '.join(STEP_KINDS)})")
+                item = {"kind": kind, **(body or {})}
+            steps.append(item)
+        return {**raw, "steps": steps}
+
+    @model_validator(mode="after")
+    def _onnx_only_last(self) -> Variant:
+        for i, step in enumerate(self.steps[:-1]):
+            if isinstance(step, QuantizeStep) and step.is_onnx_only:
+                raise ValueError(f"steps[{i}]: quantize {step.method} acts on the ONNX file, "
+                                 "so it must be the last step of a variant")
+        return self
+
+    @property
+    def onnx_quantize(self) -> QuantizeStep | None:
+        last = self.steps[-1]
+        return last if isinstance(last, QuantizeStep) and last.is_onnx_only else None
+
+
 class Params(Section):
     base: BaseParams = Field(default_factory=BaseParams)
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    variants: dict[str, Variant] = Field(default_factory=dict)
     convert: ConvertParams = Field(default_factory=ConvertParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _variant_graph(self) -> Params:
+        for name, variant in self.variants.items():
+            if not VARIANT_NAME.match(name) or name == "teacher":
+                raise ValueError(f"variants.{name}: a name is lower-case letters, digits and _ "
+                                 "(starting with a letter), and not 'teacher'")
+            parent = variant.from_
+            if parent != "teacher" and parent not in self.variants:
+                raise ValueError(f"variants.{name}.from: unknown model {parent!r} (teacher or "
+                                 "a variant name)")
+            if parent in self.variants and self.variants[parent].onnx_quantize:
+                raise ValueError(f"variants.{name}.from: {parent!r} ends in an ONNX Runtime "
+                                 "quantize step; nothing can be derived from it")
+        self.variant_order()  # raises on cycles
+        return self
+
+    def variant_order(self) -> list[str]:
+        """Variant names with every parent before its children."""
+        order: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                raise ValueError(f"variants: cycle {' -> '.join((*path, name))}")
+            state[name] = 1
+            parent = self.variants[name].from_
+            if parent in self.variants:
+                visit(parent, (*path, name))
+            state[name] = 2
+            order.append(name)
+
+        for name in self.variants:
+            visit(name, ())
+        return order
+
+    @property
+    def model_names(self) -> list[str]:
+        return ["teacher", *self.variant_order()]
 
     def dump(self) -> dict[str, Any]:
         """Plain dict with the YAML key names (``validate``, not ``validate_``)."""
@@ -177,7 +335,7 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"{loc}: must be one of {ctx.get('expected')} (got {err.get('input')!r})"
     if kind == "value_error":
         msg = str(ctx.get("error", err["msg"]))
-        return f"{loc}: {msg}"
+        return msg if loc == "<top level>" else f"{loc}: {msg}"
     template = _MESSAGES.get(kind)
     msg = template.format(**ctx) if template else err["msg"]
     if "input" in err and not isinstance(err["input"], dict):

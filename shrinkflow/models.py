@@ -7,6 +7,9 @@ structured pruning the widths differ from params.yaml) and the config that made 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,40 @@ from shrinkflow.config import ArchParams
 from shrinkflow.errors import ShrinkflowError
 
 CHECKPOINT_FORMAT = "shrinkflow.checkpoint/1"
+
+# Training draws every random number from explicit generators, never torch's global RNG,
+# so variants trained concurrently in threads stay bit-for-bit reproducible. Weight
+# initialisation is the one global-RNG use: it runs under this lock with its own seed.
+_INIT_LOCK = threading.Lock()
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def dropout_generator(g: torch.Generator) -> Iterator[None]:
+    """Make :class:`Dropout` in this thread draw its masks from ``g``."""
+    old = getattr(_local, "generator", None)
+    _local.generator = g
+    try:
+        yield
+    finally:
+        _local.generator = old
+
+
+class Dropout(nn.Module):
+    """Inverted dropout drawing from the thread's training generator (see above).
+
+    In eval mode it is the identity, so exported graphs carry no trace of it.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=getattr(_local, "generator", None))
+        return x * keep / (1 - self.p)
 
 
 class CNN(nn.Module):
@@ -44,7 +81,7 @@ class CNN(nn.Module):
             head += [nn.Linear(c, arch.hidden), nn.ReLU()]
             c = arch.hidden
         if arch.dropout:
-            head.append(nn.Dropout(arch.dropout))
+            head.append(Dropout(arch.dropout))
         head.append(nn.Linear(c, num_classes))
         self.head = nn.Sequential(*head)
 
@@ -52,9 +89,15 @@ class CNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-def build_model(arch: ArchParams, input_shape: tuple[int, ...], num_classes: int) -> CNN:
-    """Build the CNN for inputs of shape (C, H, W)."""
-    return CNN(arch, in_channels=int(input_shape[0]), num_classes=num_classes)
+def build_model(arch: ArchParams, input_shape: tuple[int, ...], num_classes: int,
+                seed: int | None = None) -> CNN:
+    """Build the CNN for inputs of shape (C, H, W); ``seed`` makes its initial weights
+    reproducible (and safe to call from several threads at once)."""
+    if seed is None:
+        return CNN(arch, in_channels=int(input_shape[0]), num_classes=num_classes)
+    with _INIT_LOCK, torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return CNN(arch, in_channels=int(input_shape[0]), num_classes=num_classes)
 
 
 def arch_of(model: CNN, like: ArchParams) -> ArchParams:
@@ -104,18 +147,27 @@ def load_checkpoint(path: str | Path) -> tuple[CNN, dict[str, Any]]:
         raise ShrinkflowError(f"{p}: not a shrinkflow checkpoint ({CHECKPOINT_FORMAT})")
     arch = ArchParams.model_validate(ckpt["arch"])
     model = build_model(arch, tuple(ckpt["input_shape"]), int(ckpt["num_classes"]))
+    if ckpt.get("qat"):
+        from shrinkflow.compress.quantize import prepare_qat
+
+        model = prepare_qat(model, per_channel=bool(ckpt["qat"]["per_channel"]))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt
 
 
-def model_record(path: str | Path, summary: dict[str, float] | None = None) -> ModelArtifact:
-    """The record of a checkpoint on disk (what ``python -m tasks.<step>`` passes on)."""
+def model_record(path: str | Path, summary: dict[str, float] | None = None,
+                 name: str | None = None, parent: str | None = None) -> ModelArtifact:
+    """The record of a checkpoint on disk (what ``python -m tasks.<step>`` passes on).
+
+    ``name``/``parent`` label it as a variant; by default the names stored in it.
+    """
     model, ckpt = load_checkpoint(path)
     total, nonzero = count_params(model)
     return ModelArtifact(
-        path=str(Path(path).resolve()), sha256=file_sha256(path), name=ckpt["name"],
-        step=ckpt["step"], config_hash=ckpt["config_hash"], parent=ckpt.get("parent"),
+        path=str(Path(path).resolve()), sha256=file_sha256(path), name=name or ckpt["name"],
+        step=ckpt["step"], config_hash=ckpt["config_hash"],
+        parent=parent if parent is not None else ckpt.get("parent"),
         data_fingerprint=ckpt["data_fingerprint"], num_params=total, nonzero_params=nonzero,
         summary=summary or {},
     )

@@ -19,7 +19,7 @@ from torch import nn
 from shrinkflow.artifacts import DataArtifact, ModelArtifact
 from shrinkflow.config import TrainParams
 from shrinkflow.data import Splits, load_prepared
-from shrinkflow.models import build_model, model_record, save_checkpoint
+from shrinkflow.models import build_model, dropout_generator, model_record, save_checkpoint
 
 log = logging.getLogger("shrinkflow")
 
@@ -55,9 +55,11 @@ class FitResult:
 
 
 def set_determinism(seed: int, threads: int) -> torch.Generator:
-    """Seed everything and fix the thread count, so a CPU run repeats bit for bit."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
+    """Fix the thread count and return the generator a training run draws from.
+
+    Nothing here touches the global RNG (see ``models._INIT_LOCK``), so runs in
+    concurrent threads do not disturb each other.
+    """
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     g = torch.Generator()
@@ -104,6 +106,27 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             params[name].mul_(mask.to(params[name].dtype))
 
 
+def _epoch(model, x_train, y_train, cfg: FitConfig, g, opt, loss_fn, masks, hooks):
+    model.train()
+    order = torch.randperm(len(x_train), generator=g)
+    total_loss, seen = 0.0, 0
+    for i in range(0, len(order), cfg.batch_size):
+        idx = order[i:i + cfg.batch_size]
+        xb, yb = x_train[idx], y_train[idx]
+        if cfg.augment_shift:
+            xb = random_shift(xb, cfg.augment_shift, g)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), xb, yb)
+        loss.backward()
+        for hook in hooks or ():
+            hook(model)
+        opt.step()
+        apply_masks(model, masks or {})
+        total_loss += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return total_loss, seen
+
+
 def fit(
     model: nn.Module,
     splits: Splits,
@@ -135,23 +158,8 @@ def fit(
     bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=None, leave=False)
     epoch = 0
     for epoch in bar:
-        model.train()
-        order = torch.randperm(len(x_train), generator=g)
-        total_loss, seen = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if cfg.augment_shift:
-                xb = random_shift(xb, cfg.augment_shift, g)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), xb, yb)
-            loss.backward()
-            for hook in hooks or ():
-                hook(model)
-            opt.step()
-            apply_masks(model, masks or {})
-            total_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
+        with dropout_generator(g):
+            total_loss, seen = _epoch(model, x_train, y_train, cfg, g, opt, loss_fn, masks, hooks)
         sched.step()
         val_acc = accuracy(predict_logits(model, splits.x_val), splits.y_val)
         history.append({"epoch": epoch, "train_loss": total_loss / seen, "val_accuracy": val_acc})
@@ -189,8 +197,7 @@ def train(params: TrainParams, data: DataArtifact, out_path: str | Path,
           threads: int = 2, name: str = "teacher") -> ModelArtifact:
     """Train the teacher from scratch on the prepared data; write a checkpoint."""
     splits = load_prepared(data.path)
-    set_determinism(params.seed, threads)  # before building: weight init is seeded too
-    model = build_model(params.model, splits.input_shape, splits.num_classes)
+    model = build_model(params.model, splits.input_shape, splits.num_classes, seed=params.seed)
     result = fit(model, splits, fit_config(params, threads), desc=name)
     save_checkpoint(model, params.model, out_path, step="train", name=name, parent=None,
                     config=params.model_dump(mode="json"), config_hash=params.config_hash(),
