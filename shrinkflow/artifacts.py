@@ -115,6 +115,8 @@ class OnnxArtifact(Artifact):
     opset: int
     exporter: str
     config_hash: str
+    quantization: str = "none"  # none | dynamic | static | qat
+    calibration_fingerprint: str = ""  # sha256 of the static-calibration subset
 
 
 class Metrics(BaseModel):

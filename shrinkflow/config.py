@@ -62,14 +62,17 @@ class PrepareParams(Section):
 
 
 class ArchParams(Section):
-    """A CNN: conv blocks (each a list of conv widths, then 2x2 max-pool, the last block
-    global average pooling), an optional hidden linear layer, then the classifier.
+    """A CNN: conv blocks (each a list of conv widths, 2x2 max-pool between blocks), then
+    global average pooling or flattening, an optional hidden linear layer, the classifier.
 
     Global average pooling keeps the head small, so the parameters sit in the convs,
     where structured pruning and quantization act.
     """
 
     blocks: list[list[int]] = Field(default_factory=lambda: [[16, 16], [32, 32]], min_length=1)
+    # gap: global average pool into the head (small head); flatten: every spatial
+    # position feeds the head (many parameters, few FLOPs).
+    head: Literal["gap", "flatten"] = "gap"
     hidden: int = Field(0, ge=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     batchnorm: bool = True

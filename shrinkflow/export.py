@@ -9,8 +9,14 @@ from pathlib import Path
 
 import torch
 
-from shrinkflow.artifacts import ModelArtifact, OnnxArtifact, atomic_path, file_sha256
-from shrinkflow.config import ConvertParams
+from shrinkflow.artifacts import (
+    DataArtifact,
+    ModelArtifact,
+    OnnxArtifact,
+    atomic_path,
+    file_sha256,
+)
+from shrinkflow.config import ConvertParams, QuantizeStep
 from shrinkflow.errors import ShrinkflowError
 
 INPUT_NAME = "input"
@@ -19,9 +25,19 @@ OUTPUT_NAME = "logits"
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path,
                 params: ConvertParams, metadata: dict[str, str] | None = None) -> None:
-    """Export ``model`` (eval mode) to ``path`` atomically and run onnx's full checker."""
+    """Export ``model`` (eval mode) to ``path`` atomically and run onnx's full checker.
+
+    A quantization-aware model is exported with the TorchScript exporter, which turns
+    fake-quant into QuantizeLinear/DequantizeLinear pairs (QDQ); its weights are then
+    stored as int8.
+    """
     import onnx
 
+    from shrinkflow.compress.quantize import QATModel, fold_weight_quantization
+
+    is_qat = isinstance(model, QATModel)
+    if is_qat:
+        params = params.model_copy(update={"exporter": "legacy"})
     model.eval()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
     with atomic_path(path) as tmp:
@@ -46,6 +62,8 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
+        if is_qat:
+            fold_weight_quantization(tmp)
         check_onnx(tmp)
 
 
@@ -77,10 +95,16 @@ def opset_of(proto) -> int:
                default=0)
 
 
-def convert(model_artifact: ModelArtifact, params: ConvertParams, out_path: str | Path) -> OnnxArtifact:
-    """Export a checkpoint to ``out_path``; the record carries the opset and hashes."""
+def convert(model_artifact: ModelArtifact, params: ConvertParams, out_path: str | Path,
+            data: DataArtifact | None = None, quantize: QuantizeStep | None = None
+            ) -> OnnxArtifact:
+    """Export a checkpoint to ``out_path``; with ``quantize`` (ONNX Runtime dynamic or
+    static), export to a float file first and quantize that, calibrating static
+    quantization on a stratified subset of the validation split."""
     import json
 
+    from shrinkflow.compress.quantize import calibration_subset, quantize_onnx
+    from shrinkflow.data import load_prepared
     from shrinkflow.models import load_checkpoint
 
     model, ckpt = load_checkpoint(model_artifact.path)
@@ -88,8 +112,42 @@ def convert(model_artifact: ModelArtifact, params: ConvertParams, out_path: str 
             "shrinkflow.norm": json.dumps(ckpt.get("norm", {}), sort_keys=True),
             "shrinkflow.classes": json.dumps(ckpt.get("classes", [])),
             "shrinkflow.source_sha256": model_artifact.sha256}
-    export_onnx(model, tuple(ckpt["input_shape"]), out_path, params, meta)
-    return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name)
+    shape = tuple(ckpt["input_shape"])
+    if quantize is None:
+        export_onnx(model, shape, out_path, params, meta)
+        kind = "qat" if ckpt.get("qat") else "none"
+        return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name,
+                           quantization=kind)
+    out_path = Path(out_path)
+    float_path = out_path.with_name(f".{out_path.stem}.float.onnx")
+    try:
+        export_onnx(model, shape, float_path, params, meta)
+        calib, fingerprint = None, ""
+        if quantize.method == "static":
+            if data is None:
+                raise ShrinkflowError("convert: static quantization needs the prepared data")
+            splits = load_prepared(data.path)
+            calib, fingerprint = calibration_subset(splits.x_val, splits.y_val,
+                                                    quantize.calibration_size)
+        quantize_onnx(float_path, out_path, quantize, calib)
+    finally:
+        float_path.unlink(missing_ok=True)
+    _set_metadata(out_path, meta)
+    check_onnx(out_path)
+    return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name,
+                       quantization=quantize.method, calibration_fingerprint=fingerprint)
+
+
+def _set_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 @contextlib.contextmanager
@@ -104,7 +162,8 @@ def _quiet(logger_name: str):
 
 
 def onnx_record(path: str | Path, source_sha256: str, params: ConvertParams,
-                name: str | None = None) -> OnnxArtifact:
+                name: str | None = None, quantization: str = "none",
+                calibration_fingerprint: str = "") -> OnnxArtifact:
     """The record of an ONNX file on disk (its variant name is in the file's metadata)."""
     import onnx
 
@@ -114,5 +173,6 @@ def onnx_record(path: str | Path, source_sha256: str, params: ConvertParams,
         path=str(Path(path).resolve()), sha256=file_sha256(path),
         name=name or props.get("shrinkflow.variant", Path(path).stem),
         source_sha256=source_sha256, opset=opset_of(proto), exporter=params.exporter,
-        config_hash=params.config_hash(),
+        config_hash=params.config_hash(), quantization=quantization,
+        calibration_fingerprint=calibration_fingerprint,
     )

@@ -58,12 +58,12 @@ class Dropout(nn.Module):
 
 
 class CNN(nn.Module):
-    """Conv blocks -> global average pool -> (hidden linear) -> classifier."""
+    """Conv blocks -> global average pool or flatten -> (hidden linear) -> classifier."""
 
-    def __init__(self, arch: ArchParams, in_channels: int, num_classes: int):
+    def __init__(self, arch: ArchParams, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
         layers: list[nn.Module] = []
-        c = in_channels
+        c, h, w = (int(d) for d in input_shape)
         k = arch.kernel_size
         for b, block in enumerate(arch.blocks):
             for width in block:
@@ -74,8 +74,13 @@ class CNN(nn.Module):
                 c = width
             if b < len(arch.blocks) - 1:
                 layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if arch.head == "gap":
+            self.pool: nn.Module = nn.AdaptiveAvgPool2d(1)
+        else:
+            self.pool = nn.Identity()
+            c = c * h * w
         head: list[nn.Module] = [nn.Flatten()]
         if arch.hidden:
             head += [nn.Linear(c, arch.hidden), nn.ReLU()]
@@ -94,10 +99,10 @@ def build_model(arch: ArchParams, input_shape: tuple[int, ...], num_classes: int
     """Build the CNN for inputs of shape (C, H, W); ``seed`` makes its initial weights
     reproducible (and safe to call from several threads at once)."""
     if seed is None:
-        return CNN(arch, in_channels=int(input_shape[0]), num_classes=num_classes)
+        return CNN(arch, input_shape, num_classes)
     with _INIT_LOCK, torch.random.fork_rng():
         torch.manual_seed(seed)
-        return CNN(arch, in_channels=int(input_shape[0]), num_classes=num_classes)
+        return CNN(arch, input_shape, num_classes)
 
 
 def arch_of(model: CNN, like: ArchParams) -> ArchParams:

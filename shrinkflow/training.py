@@ -17,13 +17,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from shrinkflow.artifacts import DataArtifact, ModelArtifact
-from shrinkflow.config import TrainParams
+from shrinkflow.config import ArchParams, FinetuneStep, FitParams, Section, TrainParams
 from shrinkflow.data import Splits, load_prepared
-from shrinkflow.models import build_model, dropout_generator, model_record, save_checkpoint
+from shrinkflow.models import (
+    build_model,
+    dropout_generator,
+    load_checkpoint,
+    model_record,
+    save_checkpoint,
+)
 
 log = logging.getLogger("shrinkflow")
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# loss(logits, inputs, labels, indices into the training split)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Hook = Callable[[nn.Module], None]
 
 
@@ -116,7 +123,7 @@ def _epoch(model, x_train, y_train, cfg: FitConfig, g, opt, loss_fn, masks, hook
         if cfg.augment_shift:
             xb = random_shift(xb, cfg.augment_shift, g)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), xb, yb)
+        loss = loss_fn(model(xb), xb, yb, idx)
         loss.backward()
         for hook in hooks or ():
             hook(model)
@@ -144,7 +151,7 @@ def fit(
 
     g = set_determinism(cfg.seed, cfg.threads)
     if loss_fn is None:
-        def loss_fn(logits, _x, y):
+        def loss_fn(logits, _x, y, _idx):
             return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -203,3 +210,47 @@ def train(params: TrainParams, data: DataArtifact, out_path: str | Path,
                     config=params.model_dump(mode="json"), config_hash=params.config_hash(),
                     **checkpoint_info(data, splits))
     return model_record(out_path, summary=result.summary())
+
+
+def fit_config_for(fit: FitParams, threads: int) -> FitConfig:
+    return FitConfig(epochs=fit.epochs, batch_size=fit.batch_size, lr=fit.lr, seed=fit.seed,
+                     patience=fit.patience, weight_decay=fit.weight_decay,
+                     augment_shift=fit.augment_shift, threads=threads)
+
+
+def derive(parent: ModelArtifact, model: nn.Module, arch: ArchParams, step: Section,
+           out_path: str | Path, data: DataArtifact, splits: Splits,
+           masks: dict[str, torch.Tensor] | None = None, qat: dict | None = None,
+           summary: dict[str, float] | None = None) -> ModelArtifact:
+    """Save a model that ``step`` derived from ``parent``, recording the derivation.
+
+    The checkpoint is not named after a variant: identical (parent, step) pairs of
+    different variants are the same artifact, and the caller names it on publishing.
+    """
+    parent_ckpt = torch.load(parent.path, map_location="cpu", weights_only=True)
+    lineage = [*parent_ckpt.get("lineage", []),
+               {"step": parent.step, "sha256": parent.sha256, "config_hash": parent.config_hash}]
+    save_checkpoint(model, arch, out_path, step=step.kind, name=step.kind, parent=None,
+                    parent_sha256=parent.sha256, config=step.model_dump(mode="json"),
+                    config_hash=step.config_hash(), lineage=lineage,
+                    masks={k: v.detach().to(torch.uint8) for k, v in (masks or {}).items()},
+                    qat=qat, **checkpoint_info(data, splits))
+    return model_record(out_path, summary=summary)
+
+
+def load_masks(ckpt: dict) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in (ckpt.get("masks") or {}).items()}
+
+
+def finetune(parent: ModelArtifact, step: FinetuneStep, data: DataArtifact,
+             out_path: str | Path, threads: int = 2) -> ModelArtifact:
+    """Train ``parent`` further on the prepared data; pruned weights stay exactly zero.
+
+    Pointed at new prepared data, this is transfer learning from the parent's weights.
+    """
+    model, ckpt = load_checkpoint(parent.path)
+    splits = load_prepared(data.path)
+    masks = load_masks(ckpt)
+    result = fit(model, splits, fit_config_for(step.fit, threads), masks=masks, desc="finetune")
+    return derive(parent, model, ArchParams.model_validate(ckpt["arch"]), step, out_path, data,
+                  splits, masks=masks, qat=ckpt.get("qat"), summary=result.summary())

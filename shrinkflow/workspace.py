@@ -30,7 +30,14 @@ class Workspace:
         return self.root / "models" / f"{name}.pt"
 
     def onnx(self, name: str) -> Path:
-        return self.root / "models" / f"{name}.onnx"
+        return self.root / "onnx" / f"{name}.onnx"
+
+    def step_checkpoint(self, key: str) -> Path:
+        """Intermediate checkpoints of variant chains, named by derivation key."""
+        return self.state_dir / "steps" / f"{key}.pt"
+
+    def scratch(self, name: str) -> Path:
+        return self.state_dir / "scratch" / name
 
     @property
     def validate_metrics(self) -> Path:

@@ -9,11 +9,14 @@ conv and the linear head consistent), so size *and* latency drop.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from shrinkflow.artifacts import DataArtifact, ModelArtifact
 from shrinkflow.config import PruneStep
+from shrinkflow.errors import ShrinkflowError
 
 log = logging.getLogger("shrinkflow")
 
@@ -147,3 +150,47 @@ def unstructured_masks(model: nn.Module, step: PruneStep, amount: float, keep: M
             raise ValueError("movement pruning needs scores from a training pass")
         return _threshold_masks(scores, amount, step.scope, keep)
     raise ValueError(f"not an unstructured method: {step.method}")
+
+
+def prune(parent: ModelArtifact, step: PruneStep, data: DataArtifact, out_path: str | Path,
+          threads: int = 2) -> ModelArtifact:
+    """Prune ``parent`` to ``step.amount`` in ``step.iterations`` cycles (fine-tuning with
+    ``step.fit`` between cycles); masks of earlier pruning are kept."""
+    from shrinkflow.config import ArchParams
+    from shrinkflow.data import load_prepared
+    from shrinkflow.models import arch_of, load_checkpoint
+    from shrinkflow.training import derive, fit, fit_config_for, load_masks
+
+    model, ckpt = load_checkpoint(parent.path)
+    if ckpt.get("qat"):
+        raise ShrinkflowError("prune: the parent is a quantization-aware model; prune "
+                              "before quantize (qat) in the chain")
+    splits = load_prepared(data.path)
+    arch = ArchParams.model_validate(ckpt["arch"])
+    masks = load_masks(ckpt)
+    cfg = fit_config_for(step.fit, threads)
+    amounts = iteration_amounts(step.amount, step.iterations)
+    for i, amount in enumerate(amounts):
+        last = i == len(amounts) - 1
+        if step.method == "structured":
+            # Each cycle removes the same fraction of the channels that are left.
+            ratio = 1 - (1 - step.amount) ** (1 / step.iterations)
+            structured_prune(model, ratio, splits.input_shape, step.norm, step.scope)
+            # Earlier unstructured zeros stay zero: re-derive the masks in the new shapes.
+            masks = {k: (p != 0).float() for k, p in prunable(model).items()} if masks else {}
+        else:
+            scores = None
+            if step.method == "movement":
+                tracker = MovementScores(model)
+                fit(model, splits, cfg, masks=masks, hooks=[tracker], desc="movement")
+                scores = tracker.scores
+            masks = unstructured_masks(model, step, amount, masks, scores)
+            apply_masks_to_weights(model, masks)
+        if not last and step.method != "movement":
+            fit(model, splits, cfg, masks=masks, desc=f"prune cycle {i + 1}")
+        log.info("prune %s: cycle %d/%d, sparsity %.3f", step.method, i + 1, len(amounts),
+                 sparsity(model))
+    if step.method == "structured":
+        arch = arch_of(model, arch)
+    return derive(parent, model, arch, step, out_path, data, splits, masks=masks,
+                  summary={"sparsity": sparsity(model)})
