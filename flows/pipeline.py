@@ -1,7 +1,10 @@
-"""The pipeline flow: prepare -> train -> convert -> validate, tracked and versioned.
+"""The pipeline flow: prepare -> train -> compress (variant chains) -> convert -> validate,
+tracked in MLflow and recorded in DVC.
 
-Wiring only: every step is a task around a library function. ``dvc.yaml`` runs the
-same steps as stages; ``STEPS`` is what a test checks it against.
+Wiring only: every step is a task around a library function. Variant chains are
+submitted as futures, so independent variants run concurrently on the task runner;
+identical chain prefixes are submitted once. ``dvc.yaml`` runs the same steps as
+stages; ``STAGES`` is what a test checks it against.
 """
 
 from __future__ import annotations
@@ -10,23 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from shrinkflow.artifacts import Artifact
+from shrinkflow.artifacts import Metrics
 from shrinkflow.config import Params, tracking_uri
 from shrinkflow.errors import GateFailure
 from shrinkflow.provenance import git_info
 from shrinkflow.tracking import TAG, RunRef, resolve_tracking_uri
+from shrinkflow.variants import derivation_keys, stale_outputs, torch_steps
 from shrinkflow.versioning import is_dvc_workspace, params_match_file
 from shrinkflow.workspace import Workspace
-from tasks import record, tracking
+from tasks import distill, finetune, prune, quantize, record, tracking
+from tasks.compress import publish
 from tasks.convert import convert
 from tasks.prepare import prepare
 from tasks.train import train
 from tasks.validate import validate, write_metrics
 
-# The steps this flow runs, in order; dvc.yaml's stages must be exactly these.
-STEPS = ("prepare", "train", "convert", "validate")
+# dvc.yaml's stages, in order; `compress` runs a variant's chain of STEP_TASKS.
+STAGES = ("prepare", "train", "compress", "convert", "validate")
+STEP_TASKS = {"prune": prune.prune, "finetune": finetune.finetune,
+              "quantize": quantize.quantize, "distill": distill.distill}
 
 
 class PipelineResult(BaseModel):
@@ -39,72 +48,96 @@ class PipelineResult(BaseModel):
     dvc: dict[str, Any] = Field(default_factory=dict)
 
 
-class _Ledger:
-    """Runs step tasks, noting which came from the cache and which were computed."""
+class _Steps:
+    """Submits step tasks and remembers which ones the cache served.
+
+    A step whose output file is missing is submitted with ``refresh_cache``: a cached
+    record must never point at a file that is gone.
+    """
 
     def __init__(self) -> None:
-        self.reused: list[str] = []
-        self.computed: list[str] = []
+        self.futures: list[tuple[str, PrefectFuture]] = []
+        self._by_out: dict[str, PrefectFuture] = {}
 
-    def __call__(self, label: str, task, *args: Any) -> Any:
-        state = task(*args, return_state=True)
-        result = state.result()
-        if state.name == "Cached":
-            if isinstance(result, Artifact) and not result.is_intact():
-                # The cache remembers a file that was since deleted or changed: redo it.
-                get_run_logger().info("%s: cached output %s is gone or changed; recomputing",
-                                      label, result.path)
-                result = task.with_options(refresh_cache=True)(*args)
-            else:
-                self.reused.append(label)
-                return result
-        self.computed.append(label)
-        return result
+    def submit(self, label: str, task, out_path: str | Path | None, *args: Any) -> PrefectFuture:
+        """Submit ``task(*args)``; ``out_path`` is the file it writes (None: no file)."""
+        key = str(out_path)
+        if out_path is not None and key in self._by_out:  # shared prefixes run once
+            return self._by_out[key]
+        if out_path is not None and not Path(out_path).exists():
+            task = task.with_options(refresh_cache=True)
+        future = task.submit(*args)
+        self.futures.append((label, future))
+        if out_path is not None:
+            self._by_out[key] = future
+        return future
+
+    def report(self) -> tuple[list[str], list[str]]:
+        reused, computed = [], []
+        for label, future in self.futures:
+            (reused if future.state.name == "Cached" else computed).append(label)
+        return reused, computed
 
 
-@flow(name="shrinkflow", log_prints=False)
+@flow(name="shrinkflow", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
-    """Prepare the data, train the teacher, convert it to ONNX and validate it."""
+    """Prepare the data, train the teacher, derive every variant, convert and validate all."""
     logger = get_run_logger()
     ws = Workspace.at(workspace)
     git = git_info(ws.root)
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
+    code_tags = {f"{TAG}git_commit": git["commit"], f"{TAG}git_dirty": git["dirty"]}
     run = tracking.start_run(
         uri, params.base.experiment, ws.resolve(params.base.artifact_location).as_uri(),
-        params.dump(), {f"{TAG}git_commit": git["commit"], f"{TAG}git_dirty": git["dirty"],
-                        "mlflow.source.git.commit": git["commit"],
+        params.dump(), {**code_tags, "mlflow.source.git.commit": git["commit"],
                         f"{TAG}params_hash": params.config_hash()})
-    step = _Ledger()
+    steps = _Steps()
+    threads = params.base.torch_threads
     try:
-        data = step("prepare", prepare, params.prepare, str(ws.data_dir))
+        data_f = steps.submit("prepare", prepare, ws.data_dir, params.prepare, str(ws.data_dir))
+        data = data_f.result()
         tracking.tag_run(run, {f"{TAG}data_fingerprint": data.fingerprint,
                                f"{TAG}dataset": data.dataset})
-        teacher = step("train", train, params.train, data, str(ws.checkpoint("teacher")),
-                       params.base.torch_threads)
-        onnx = step("convert", convert, teacher, params.convert, str(ws.onnx("teacher")))
-        metrics = step("validate", validate, teacher, onnx, data, params.validate_)
-        write_metrics([metrics], str(ws.validate_metrics))
-        logged = tracking.log_model(
-            run, teacher, onnx, metrics, data,
-            {"train": params.train.model_dump(mode="json"),
-             "convert": params.convert.model_dump(mode="json")},
-            {f"{TAG}git_commit": git["commit"], f"{TAG}git_dirty": git["dirty"],
-             f"{TAG}parent_run_id": run.run_id})
-        failures = [f"{metrics.name}: {f}" for f in metrics.gate_failures]
-        dvc: dict[str, Any] = {}
-        if failures:
-            pass  # outputs that failed a gate are not recorded as the pipeline's result
-        elif not (params.base.dvc_commit and is_dvc_workspace(ws.root)):
-            dvc = {"skipped": "not a DVC workspace" if params.base.dvc_commit else "dvc_commit off"}
-        elif not params_match_file(params, ws.root):
-            dvc = {"skipped": "params differ from params.yaml (--set/--params); dvc.lock "
-                              "would not match them"}
-        else:
-            dvc = record.record(str(ws.root), params.base.dvc_push)
+        models = {"teacher": steps.submit("train", train, ws.checkpoint("teacher"), params.train,
+                                          data, str(ws.checkpoint("teacher")), threads)}
+        keys = derivation_keys(params)
+        for name in params.variant_order():
+            variant = params.variants[name]
+            model = models[variant.from_]
+            for step, key in zip(torch_steps(variant), keys[name], strict=False):
+                out = ws.step_checkpoint(key)
+                model = steps.submit(f"{name}:{step.kind}", STEP_TASKS[step.kind], out,
+                                     model, step, data, str(out), threads)
+            models[name] = publish.submit(model, name, variant.from_, str(ws.checkpoint(name)))
+        onnx = {}
+        for name, model in models.items():
+            quant = params.variants[name].onnx_quantize if name in params.variants else None
+            onnx[name] = steps.submit(f"{name}:convert", convert, ws.onnx(name), model,
+                                      params.convert, str(ws.onnx(name)), data, quant)
+        # Latency is measured one model at a time: validation never runs concurrently.
+        results: list[Metrics] = []
+        for name in models:
+            onnx[name].result()  # raises the step's own error if a chain failed
+            teacher_values = results[0].values if results else None
+            future = steps.submit(f"{name}:validate", validate, None,
+                                  models[name], onnx[name], data, params.validate_,
+                                  teacher_values)
+            results.append(future.result())
+        for path in stale_outputs(params, ws):
+            logger.info("removing %s: no longer a model in params", path)
+            path.unlink()
+        write_metrics(results, str(ws.validate_metrics))
+        logged = _log_models(run, params, models, onnx, results, data, code_tags)
+        # A variant failing a gate is rejected (kept, logged with its reasons); a teacher
+        # failing its conversion gates leaves nothing trustworthy: the run fails.
+        gate_failures = [f"{m.name}: {f}" for m in results for f in m.gate_failures]
+        failures = [f for f in gate_failures if f.startswith("teacher:")]
+        dvc = _record(params, ws, failures)
         if dvc.get("skipped"):
             logger.warning("DVC: outputs not recorded in dvc.lock: %s", dvc["skipped"])
-        tracking.tag_run(run, {f"{TAG}reused": ",".join(step.reused),
-                               f"{TAG}computed": ",".join(step.computed),
+        reused, computed = steps.report()
+        tracking.tag_run(run, {f"{TAG}reused": ",".join(reused)[:5000],
+                               f"{TAG}computed": ",".join(computed)[:5000],
                                f"{TAG}dvc_lock_sha256": dvc.get("dvc_lock_sha256", "")},
                          artifact=str(ws.validate_metrics))
         if failures:
@@ -113,9 +146,48 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
         tracking.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     tracking.end_run(run, "FINISHED")
-    return PipelineResult(run=run, metrics={metrics.name: metrics.values},
-                          models={metrics.name: logged}, reused=step.reused,
-                          computed=step.computed, dvc=dvc)
+    return PipelineResult(run=run, metrics={m.name: m.values for m in results}, models=logged,
+                          gate_failures=gate_failures, reused=reused, computed=computed, dvc=dvc)
+
+
+def _log_models(run, params: Params, models, onnx, results: list[Metrics], data,
+                code_tags: dict[str, str]) -> dict[str, dict[str, str]]:
+    """One nested MLflow run per model, parents first (children tag their parent's run)."""
+    logged: dict[str, dict[str, str]] = {}
+    for metrics in results:
+        name = metrics.name
+        model, onnx_art = models[name].result(), onnx[name].result()
+        if name == "teacher":
+            config = {"train": params.train.model_dump(mode="json")}
+            parent_run = ""
+        else:
+            variant = params.variants[name]
+            config = {"variant": variant.model_dump(mode="json", by_alias=True)}
+            parent_run = logged[variant.from_]["run_id"]
+        config["convert"] = params.convert.model_dump(mode="json")
+        logged[name] = tracking.log_model(
+            run, model, onnx_art, metrics, data, config,
+            {**code_tags, f"{TAG}pipeline_run_id": run.run_id,
+             f"{TAG}parent_run_id": parent_run,
+             f"{TAG}variant_config_hash": params.variants[name].config_hash()
+             if name in params.variants else params.train.config_hash(),
+             f"{TAG}quantization": onnx_art.quantization,
+             f"{TAG}calibration_fingerprint": onnx_art.calibration_fingerprint})
+    return logged
+
+
+def _record(params: Params, ws: Workspace, failures: list[str]) -> dict[str, Any]:
+    """Record the outputs in dvc.lock and push them, when that tells the truth."""
+    if failures:
+        return {"skipped": "a gate failed; failed outputs are not recorded"}
+    if not params.base.dvc_commit:
+        return {"skipped": "base.dvc_commit is off"}
+    if not is_dvc_workspace(ws.root):
+        return {"skipped": "not a DVC workspace"}
+    if not params_match_file(params, ws.root):
+        return {"skipped": "params differ from params.yaml (--set/--params); dvc.lock would "
+                           "not match them"}
+    return record.record(str(ws.root), params.base.dvc_push)
 
 
 def run_pipeline(params: Params, workspace: str | Path = ".") -> PipelineResult:

@@ -21,7 +21,8 @@ app = typer.Typer(
     help="Train, compress, convert to ONNX and validate a model; tracked in MLflow, "
          "versioned in DVC, orchestrated by Prefect.",
 )
-console = Console()
+# Wide enough for the per-model table when output is not a terminal (CI logs, pipes).
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 EXIT_ERROR = 1
@@ -88,33 +89,36 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
 def _fmt(value: float | None, kind: str) -> str:
     if value is None:
         return "-"
-    return {"pct": f"{value * 100:.2f} %", "ms": f"{value:.3f} ms", "diff": f"{value:.2e}",
-            "bytes": f"{value / 1024:.1f} KiB", "int": f"{int(value):,}"}[kind]
+    return {"pct": f"{value * 100:.2f}", "pct0": f"{value * 100:.0f} %", "ms": f"{value:.3f}",
+            "diff": f"{value:.1e}", "bytes": f"{value / 1024:.1f}K", "int": f"{int(value):,}",
+            "pp": f"{value:+.2f}", "x": f"{value:.1f}"}[kind]
 
 
 def _print_summary(result, seconds: float) -> None:
-    # One row per metric, one column per model: stays readable in an 80-column terminal.
-    table = Table(title="shrinkflow: validated models", title_justify="left")
-    rows = [("test accuracy (torch)", "test_accuracy", "pct"),
-            ("test accuracy (ONNX Runtime)", "onnx_test_accuracy", "pct"),
-            ("parity: max |logit diff|", "parity_max_abs_diff", "diff"),
-            ("parity: top-1 agreement", "parity_top1_agreement", "pct"),
-            ("latency p50, batch 1", "latency_p50_ms_b1", "ms"),
-            ("latency p95, batch 1", "latency_p95_ms_b1", "ms"),
-            ("latency p50, batch 256", "latency_p50_ms_b256", "ms"),
-            ("latency p95, batch 256", "latency_p95_ms_b256", "ms"),
-            ("size on disk", "size_bytes", "bytes"), ("size gzipped", "size_gzip_bytes", "bytes"),
-            ("parameters", "params", "int")]
-    table.add_column("metric")
-    for name in result.metrics:
-        table.add_column(name, justify="right")
-    for title, key, kind in rows:
-        table.add_row(title, *[_fmt(v.get(key), kind) for v in result.metrics.values()])
+    # One row per model. "×" columns compare with the teacher (times smaller / faster).
+    table = Table(title="shrinkflow: validated models (test split, ONNX Runtime, "
+                        "latency p50 at 1 thread)", title_justify="left")
+    columns = [("model", None, None), ("torch acc", "test_accuracy", "pct"),
+               ("ORT acc", "onnx_test_accuracy", "pct"), ("drop pp", "accuracy_drop_pp", "pp"),
+               ("top-1 agree", "parity_top1_agreement", "pct"),
+               ("max|diff|", "parity_max_abs_diff", "diff"),
+               ("size", "size_bytes", "bytes"), ("gzip", "size_gzip_bytes", "bytes"),
+               ("×smaller", "size_ratio_vs_teacher", "x"),
+               ("b1 ms", "latency_p50_ms_b1", "ms"), ("b256 ms", "latency_p50_ms_b256", "ms"),
+               ("×faster", "latency_ratio_vs_teacher_b256", "x"),
+               ("sparsity", "sparsity", "pct0"), ("params", "params", "int")]
+    for title, _, _ in columns:
+        table.add_column(title, justify="left" if title == "model" else "right")
+    table.add_column("gate")
+    for name, values in result.metrics.items():
+        failed = [f for f in result.gate_failures if f.startswith(f"{name}:")]
+        table.add_row(name, *[_fmt(values.get(key), kind) for _, key, kind in columns[1:]],
+                      "[red]fail[/]" if failed else "[green]pass[/]")
     console.print(table)
     run = result.run
     console.print(f"MLflow run  {run.run_id}  (experiment {run.experiment_id})")
-    console.print(f"reused from cache: {', '.join(result.reused) or 'nothing'}; "
-                  f"computed: {', '.join(result.computed) or 'nothing'}")
+    console.print(f"steps reused from cache: {len(result.reused)}; computed: "
+                  f"{', '.join(result.computed) or 'nothing'}")
     if result.dvc.get("skipped"):
         console.print(f"DVC: not recorded ({result.dvc['skipped']})")
     elif result.dvc:

@@ -119,7 +119,12 @@ class ValidateParams(Section):
     warmup: int = Field(5, ge=0)
     repeats_b1: int = Field(100, ge=3)
     repeats_b256: int = Field(20, ge=3)
+    # Conversion parity of float models: ONNX Runtime against the same torch model.
     gates: ValidateGates = Field(default_factory=ValidateGates)
+    # int8 models (ORT-quantized against their float torch model, or QAT): int8 rounding
+    # is expected, a different prediction on more than a few examples is not.
+    quantized_gates: ValidateGates = Field(
+        default_factory=lambda: ValidateGates(max_abs_diff=3.0, min_top1_agreement=0.97))
 
 
 # --- variants: chains of compression steps ------------------------------------------
@@ -201,7 +206,8 @@ VARIANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 class Variant(Section):
     """A named chain of steps applied to a parent model (the teacher or another variant)."""
 
-    from_: str = Field("teacher", alias="from")
+    # Required, even for the teacher: dvc.yaml's compress stage reads it from params.yaml.
+    from_: str = Field(alias="from")
     steps: list[Step] = Field(min_length=1)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -324,6 +330,7 @@ _MESSAGES = {
     "dict_type": "must be a mapping of keys",
     "too_short": "needs at least {min_length} item(s)",
     "string_too_short": "must not be empty",
+    "missing": "missing (required)",
 }
 
 

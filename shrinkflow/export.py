@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 from pathlib import Path
 
 import torch
@@ -18,6 +19,11 @@ from shrinkflow.artifacts import (
 )
 from shrinkflow.config import ConvertParams, QuantizeStep
 from shrinkflow.errors import ShrinkflowError
+
+# torch.export keeps tracing state in globals: concurrent exports from Prefect's thread
+# pool corrupt each other ("ProxyTorchDispatchMode slot already occupied"). Exports are
+# seconds long; they run one at a time.
+_EXPORT_LOCK = threading.Lock()
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -43,7 +49,7 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
     with atomic_path(path) as tmp:
         try:
             # The exporter prints progress and registry warnings; keep the console clean.
-            with contextlib.redirect_stdout(io.StringIO()), _quiet("torch"):
+            with _EXPORT_LOCK, contextlib.redirect_stdout(io.StringIO()), _quiet("torch"):
                 if params.exporter == "dynamo":
                     kwargs = {"dynamo": True, "external_data": False,  # one file, no .data
                               "dynamic_shapes": ({0: torch.export.Dim("batch", min=1)},)}
@@ -114,10 +120,9 @@ def convert(model_artifact: ModelArtifact, params: ConvertParams, out_path: str 
             "shrinkflow.source_sha256": model_artifact.sha256}
     shape = tuple(ckpt["input_shape"])
     if quantize is None:
+        meta["shrinkflow.quantization"] = "qat" if ckpt.get("qat") else "none"
         export_onnx(model, shape, out_path, params, meta)
-        kind = "qat" if ckpt.get("qat") else "none"
-        return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name,
-                           quantization=kind)
+        return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name)
     out_path = Path(out_path)
     float_path = out_path.with_name(f".{out_path.stem}.float.onnx")
     try:
@@ -132,10 +137,10 @@ def convert(model_artifact: ModelArtifact, params: ConvertParams, out_path: str 
         quantize_onnx(float_path, out_path, quantize, calib)
     finally:
         float_path.unlink(missing_ok=True)
-    _set_metadata(out_path, meta)
+    _set_metadata(out_path, {**meta, "shrinkflow.quantization": quantize.method,
+                             "shrinkflow.calibration_fingerprint": fingerprint})
     check_onnx(out_path)
-    return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name,
-                       quantization=quantize.method, calibration_fingerprint=fingerprint)
+    return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name)
 
 
 def _set_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -162,9 +167,9 @@ def _quiet(logger_name: str):
 
 
 def onnx_record(path: str | Path, source_sha256: str, params: ConvertParams,
-                name: str | None = None, quantization: str = "none",
-                calibration_fingerprint: str = "") -> OnnxArtifact:
-    """The record of an ONNX file on disk (its variant name is in the file's metadata)."""
+                name: str | None = None) -> OnnxArtifact:
+    """The record of an ONNX file on disk (variant name and quantization are in the
+    file's metadata)."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -173,6 +178,7 @@ def onnx_record(path: str | Path, source_sha256: str, params: ConvertParams,
         path=str(Path(path).resolve()), sha256=file_sha256(path),
         name=name or props.get("shrinkflow.variant", Path(path).stem),
         source_sha256=source_sha256, opset=opset_of(proto), exporter=params.exporter,
-        config_hash=params.config_hash(), quantization=quantization,
-        calibration_fingerprint=calibration_fingerprint,
+        config_hash=params.config_hash(),
+        quantization=props.get("shrinkflow.quantization", "none"),
+        calibration_fingerprint=props.get("shrinkflow.calibration_fingerprint", ""),
     )

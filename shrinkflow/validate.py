@@ -116,12 +116,26 @@ def write_metrics(metrics: dict, path: str | Path) -> None:
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
+def relative_metrics(values: dict[str, float], teacher: dict[str, float]) -> dict[str, float]:
+    """How a variant compares with the teacher (both measured as ONNX Runtime models):
+    accuracy drop in percentage points, and how many times smaller / faster it is."""
+    return {
+        "accuracy_drop_pp": (teacher["onnx_test_accuracy"] - values["onnx_test_accuracy"]) * 100,
+        "size_ratio_vs_teacher": teacher["size_bytes"] / values["size_bytes"],
+        "size_gzip_ratio_vs_teacher": teacher["size_gzip_bytes"] / values["size_gzip_bytes"],
+        "latency_ratio_vs_teacher_b256":
+            teacher["latency_p50_ms_b256"] / values["latency_p50_ms_b256"],
+        "latency_ratio_vs_teacher_b1": teacher["latency_p50_ms_b1"] / values["latency_p50_ms_b1"],
+    }
+
+
 def validate(model: ModelArtifact, onnx: OnnxArtifact, data: DataArtifact,
-             params: ValidateParams) -> Metrics:
+             params: ValidateParams, teacher: dict[str, float] | None = None) -> Metrics:
     """Measure one converted model on the full test split and apply the parity gates.
 
     Accuracy comes from torch and from ONNX Runtime; parity compares the ONNX logits
-    with those of ``model``, the checkpoint it was converted from.
+    with those of ``model``, the checkpoint it was converted from (for an ORT-quantized
+    model, its float checkpoint). With ``teacher``'s metrics, ratios against it too.
     """
     from shrinkflow.models import load_checkpoint
     from shrinkflow.training import accuracy, predict_logits
@@ -132,9 +146,12 @@ def validate(model: ModelArtifact, onnx: OnnxArtifact, data: DataArtifact,
     values = {"test_accuracy": accuracy(reference, splits.y_test)}
     values.update(measure_onnx(onnx.path, splits.x_test, splits.y_test, params, reference))
     values["params"] = float(model.num_params)
+    values["nonzero_params"] = float(model.nonzero_params)
     values["sparsity"] = 1.0 - model.nonzero_params / max(1, model.num_params)
-    return Metrics(name=onnx.name, values=values,
-                   gate_failures=tuple(check_gates(values, params.gates)))
+    if teacher is not None:
+        values.update(relative_metrics(values, teacher))
+    gates = params.gates if onnx.quantization == "none" else params.quantized_gates
+    return Metrics(name=onnx.name, values=values, gate_failures=tuple(check_gates(values, gates)))
 
 
 def metrics_document(results: list[Metrics]) -> dict[str, dict]:
@@ -145,8 +162,9 @@ def metrics_document(results: list[Metrics]) -> dict[str, dict]:
 
 def validate_all(pairs: list[tuple[ModelArtifact, OnnxArtifact]], data: DataArtifact,
                  params: ValidateParams, out_path: str | Path) -> list[Metrics]:
-    """Validate several models one after another (latency is measured alone, never
-    concurrently) and write the metrics file."""
-    results = [validate(m, o, data, params) for m, o in pairs]
+    """Validate the teacher (first) and then every variant, one after another (latency
+    is measured alone, never concurrently), and write the metrics file."""
+    teacher = validate(*pairs[0], data, params)
+    results = [teacher, *(validate(m, o, data, params, teacher.values) for m, o in pairs[1:])]
     write_metrics(metrics_document(results), out_path)
     return results

@@ -59,7 +59,7 @@ def record_outputs(root: str | Path, push: bool = True, remote: str | None = Non
     Returns what happened: the dvc.lock hash and the number of files pushed.
     """
     root = Path(root)
-    dvc(root, "commit", "--force", "--quiet")
+    dvc(root, "commit", "--force")
     pushed = 0
     if push:
         text = dvc(root, "push", *(["--remote", remote] if remote else []))

@@ -83,3 +83,20 @@ def stage_main(run: Callable[[Params, Workspace], Any], argv: list[str] | None =
     if result is not None:
         print(result.model_dump_json(indent=None) if hasattr(result, "model_dump_json") else result)
     return 0
+
+
+def chain_step_task(kind: str):
+    """The Prefect task of one compression step (``prune``, ``finetune``, ``quantize``,
+    ``distill``): ``(parent, step, data, out_path, threads) -> ModelArtifact``."""
+    from prefect import task
+
+    from shrinkflow.artifacts import DataArtifact, ModelArtifact
+    from shrinkflow.compress import run_step
+
+    def step_fn(parent: ModelArtifact, step: Any, data: DataArtifact, out_path: str,
+                threads: int) -> ModelArtifact:
+        return run_step(parent, step, data, out_path, threads)
+
+    step_fn.__name__ = step_fn.__qualname__ = kind
+    step_fn.__doc__ = f"Compression step {kind!r}: shrinkflow.compress.run_step."
+    return task(name=kind, **STEP_OPTIONS)(step_fn)

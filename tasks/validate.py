@@ -19,8 +19,8 @@ from tasks._common import STEP_OPTIONS, stage_main
 
 @task(name="validate", **STEP_OPTIONS)
 def validate(model: ModelArtifact, onnx: OnnxArtifact, data: DataArtifact,
-             params: ValidateParams) -> Metrics:
-    return lib.validate(model, onnx, data, params)
+             params: ValidateParams, teacher: dict[str, float] | None = None) -> Metrics:
+    return lib.validate(model, onnx, data, params, teacher)
 
 
 @task(name="write-metrics")
@@ -29,8 +29,10 @@ def write_metrics(results: list[Metrics], out_path: str) -> None:
 
 
 def _stage(p: Params, ws: Workspace) -> dict:
-    model = model_record(ws.checkpoint("teacher"))
-    pairs = [(model, onnx_record(ws.onnx("teacher"), model.sha256, p.convert))]
+    pairs = []
+    for name in p.model_names:
+        model = model_record(ws.checkpoint(name), name=name)
+        pairs.append((model, onnx_record(ws.onnx(name), model.sha256, p.convert, name)))
     results = lib.validate_all(pairs, data_record(ws.data_dir), p.validate_, ws.validate_metrics)
     failures = [f"{m.name}: {f}" for m in results for f in m.gate_failures]
     if failures:

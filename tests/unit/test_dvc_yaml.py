@@ -4,7 +4,9 @@ import importlib
 
 import yaml
 
-from flows.pipeline import STEPS
+from flows.pipeline import STAGES, STEP_TASKS
+from shrinkflow.compress import STEP_FUNCTIONS
+from shrinkflow.config import STEP_KINDS
 from shrinkflow.config import Params
 from shrinkflow.workspace import Workspace
 from tests.conftest import REPO
@@ -12,29 +14,51 @@ from tests.conftest import REPO
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
-def test_stages_are_the_flow_steps_in_order():
-    assert tuple(DVC) == STEPS
+def _stage(name):
+    return DVC[name].get("do", DVC[name])
+
+
+def test_stages_are_the_flow_stages_in_order():
+    assert tuple(DVC) == STAGES
 
 
 def test_each_stage_runs_the_task_module_of_its_name():
-    for name, stage in DVC.items():
-        assert stage["cmd"] == f"python -m tasks.{name}"
-        module = importlib.import_module(f"tasks.{name}")
-        assert getattr(module, name).name == name  # the Prefect task has the same name
+    for name in DVC:
+        stage = _stage(name)
+        assert stage["cmd"].split(" ")[:3] == ["python", "-m", f"tasks.{name}"]
+        importlib.import_module(f"tasks.{name}")
         assert f"tasks/{name}.py" in stage["deps"]
+
+
+def test_every_step_kind_has_one_task_one_function_and_one_name():
+    assert set(STEP_KINDS) == set(STEP_TASKS) == set(STEP_FUNCTIONS)
+    for kind in STEP_KINDS:
+        module = importlib.import_module(f"tasks.{kind}")
+        assert getattr(module, kind).name == kind
+        assert STEP_TASKS[kind] is getattr(module, kind)
+
+
+def test_compress_runs_once_per_variant_from_its_parent():
+    stage = DVC["compress"]
+    assert stage["foreach"] == "${variants}"
+    assert "models/${item.from}.pt" in stage["do"]["deps"]
+    assert stage["do"]["outs"] == ["models/${key}.pt"]
 
 
 def test_listed_params_exist_and_code_deps_exist():
     dumped = Params().dump()
-    for name, stage in DVC.items():
+    for name in DVC:
+        stage = _stage(name)
         for key in stage.get("params", []):
             node = dumped
             for part in key.split("."):
+                if part == "${key}":
+                    break
                 assert part in node, f"{name}: params key {key} is not in Params"
                 node = node[part]
         for dep in stage["deps"]:
-            if dep.endswith(".py"):
-                assert (REPO / dep).is_file(), f"{name}: dep {dep} missing"
+            if dep.startswith(("shrinkflow", "tasks")):
+                assert (REPO / dep).exists(), f"{name}: dep {dep} missing"
 
 
 def test_outs_are_the_workspace_paths():
@@ -42,5 +66,5 @@ def test_outs_are_the_workspace_paths():
     rel = lambda p: str(p.relative_to(REPO))  # noqa: E731
     assert DVC["prepare"]["outs"] == [rel(ws.data_dir)]
     assert DVC["train"]["outs"] == [rel(ws.checkpoint("teacher"))]
-    assert DVC["convert"]["outs"] == [rel(ws.onnx("teacher"))]
+    assert DVC["convert"]["outs"] == [rel(ws.onnx("teacher").parent)]
     assert DVC["validate"]["metrics"] == [rel(ws.validate_metrics)]
