@@ -70,6 +70,7 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
         onnx.save(proto, str(tmp))
         if is_qat:
             fold_weight_quantization(tmp)
+        compact_names(tmp)
         check_onnx(tmp)
 
 
@@ -82,6 +83,36 @@ def _strip_debug_info(proto) -> None:
         del node.metadata_props[:]
     del proto.graph.metadata_props[:]
     proto.graph.doc_string = ""
+
+
+def compact_names(path: str | Path) -> None:
+    """Rename nodes, initializers and intermediate tensors to short ids (graph inputs
+    and outputs keep their names). Exporters write long scoped names; on a small int8
+    model they are a fifth of the file."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    g = proto.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    mapping: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in mapping:
+            mapping[name] = f"t{len(mapping):x}"
+        return mapping[name]
+
+    for init in g.initializer:
+        init.name = short(init.name)
+    for node in g.node:
+        node.name = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    for vi in g.value_info:
+        vi.name = short(vi.name)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def check_onnx(path: str | Path) -> int:
@@ -139,6 +170,7 @@ def convert(model_artifact: ModelArtifact, params: ConvertParams, out_path: str 
         float_path.unlink(missing_ok=True)
     _set_metadata(out_path, {**meta, "shrinkflow.quantization": quantize.method,
                              "shrinkflow.calibration_fingerprint": fingerprint})
+    compact_names(out_path)
     check_onnx(out_path)
     return onnx_record(out_path, model_artifact.sha256, params, model_artifact.name)
 

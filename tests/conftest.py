@@ -62,10 +62,17 @@ def workspace(tmp_path) -> Path:
     return make_workspace(tmp_path / "ws", tmp_path / "remote")
 
 
-def fast_overrides(epochs: int = 3) -> list[str]:
-    """Params that keep a real run short: few epochs, few latency repeats."""
+SMALL_VARIANTS = (
+    "variants={"
+    "pr: {from: teacher, steps: [{prune: {amount: 0.5}}, {finetune: {fit: {epochs: 1}}}]},"
+    "pr_q8: {from: pr, steps: [{quantize: {method: static, calibration_size: 64}}]}}"
+)
+
+
+def fast_overrides(epochs: int = 3, variants: str = SMALL_VARIANTS) -> list[str]:
+    """Params that keep a real run short: few epochs, few latency repeats, two variants."""
     return [f"train.epochs={epochs}", "validate.repeats_b1=10", "validate.repeats_b256=3",
-            "validate.warmup=1"]
+            "validate.warmup=1", variants]
 
 
 def write_params(ws: Path, overrides: list[str]) -> None:

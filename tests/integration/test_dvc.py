@@ -36,11 +36,12 @@ def test_dvc_repro_matches_flow_and_clean_clone_pulls(prefect_harness, tmp_path)
     assert "up to date" in run([*dvc, "status"], flow_ws)
 
     run([*dvc, "repro"], repro_ws)
-    by_repro = json.loads((repro_ws / "metrics" / "validate.json").read_text())["teacher"]
-    by_flow = result.metrics["teacher"]
-    for key in ("test_accuracy", "onnx_test_accuracy", "params", "size_bytes"):
-        assert by_repro[key] == pytest.approx(by_flow[key], abs=1e-6), key
-    assert by_repro["parity_max_abs_diff"] < 1e-3
+    by_repro = json.loads((repro_ws / "metrics" / "validate.json").read_text())
+    assert set(by_repro) == set(result.metrics) == {"teacher", "pr", "pr_q8"}
+    for name, by_flow in result.metrics.items():
+        for key in ("test_accuracy", "onnx_test_accuracy", "params", "size_bytes", "sparsity"):
+            assert by_repro[name][key] == pytest.approx(by_flow[key], abs=1e-6), (name, key)
+    assert by_repro["teacher"]["parity_max_abs_diff"] < 1e-3
 
     # A clean clone restores the flow's outputs from the remote.
     subprocess.run(["git", "add", "dvc.lock", "params.yaml"], cwd=flow_ws, check=True)
@@ -50,6 +51,6 @@ def test_dvc_repro_matches_flow_and_clean_clone_pulls(prefect_harness, tmp_path)
     subprocess.run(["git", "clone", "-q", str(flow_ws), str(clone)], check=True)
     run([*dvc, "remote", "add", "-d", "--local", "-f", "test", str(tmp_path / "remote")], clone)
     run([*dvc, "pull"], clone)
-    assert (clone / "models" / "teacher.onnx").read_bytes() == \
-        (flow_ws / "models" / "teacher.onnx").read_bytes()
+    assert (clone / "onnx" / "teacher.onnx").read_bytes() == \
+        (flow_ws / "onnx" / "teacher.onnx").read_bytes()
     assert "up to date" in run([*dvc, "status"], clone)

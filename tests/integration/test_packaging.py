@@ -42,4 +42,4 @@ def test_wheel_install_imports_and_runs_outside_the_repo(tmp_path):
         cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "teacher" in run.stdout and "not a DVC workspace" in run.stdout
-    assert (work / "models" / "teacher.onnx").is_file() and (work / "mlflow.db").is_file()
+    assert (work / "onnx" / "teacher.onnx").is_file() and (work / "mlflow.db").is_file()

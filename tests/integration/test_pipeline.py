@@ -24,14 +24,28 @@ def _client(ws):
     return MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
 
 
+PRUNE = "{prune: {amount: 0.5}}, {finetune: {fit: {epochs: 1}}}"
+VARIANTS = (
+    "variants={"
+    f"pr: {{from: teacher, steps: [{PRUNE}]}},"
+    "pr_q8: {from: pr, steps: [{quantize: {method: static, calibration_size: 64}}]},"
+    # The same two first steps as `pr`: they must run once, not twice.
+    f"pr_qat: {{from: teacher, steps: [{PRUNE}, {{quantize: {{method: qat, fit: {{epochs: 1}}}}}}]}},"
+    "kd: {from: teacher, steps: [{distill: {student: {blocks: [[4], [8]]}, fit: {epochs: 2}}}]}}"
+)
+MODELS = ["teacher", "pr", "pr_q8", "pr_qat", "kd"]
+
+
 def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
     from flows.pipeline import run_pipeline
 
-    write_params(workspace, fast_overrides())
+    write_params(workspace, fast_overrides(variants=VARIANTS))
     params = load_params(workspace / "params.yaml")
     first = run_pipeline(params, workspace)
 
-    assert first.computed == ["prepare", "train", "convert", "validate"]
+    assert list(first.metrics) == MODELS
+    assert first.computed.count("pr:prune") == 1 and "pr_qat:prune" not in first.computed
+    assert "pr_qat:quantize" in first.computed and "kd:distill" in first.computed
     teacher = first.metrics["teacher"]
     assert teacher["parity_top1_agreement"] >= 0.999
     assert teacher["parity_max_abs_diff"] < 1e-3
@@ -46,11 +60,23 @@ def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
     assert parent.data.params["train.epochs"] == "3"
     children = c.search_runs([first.run.experiment_id],
                              f"tags.mlflow.parentRunId = '{first.run.run_id}'")
-    assert [r.info.run_name for r in children] == ["teacher"]
-    child = children[0]
+    by_name = {r.info.run_name: r for r in children}
+    assert sorted(by_name) == sorted(MODELS)
+    child = by_name["teacher"]
     for key in METRICS:
-        assert key in child.data.metrics, key
+        for name in MODELS:
+            assert key in by_name[name].data.metrics, (name, key)
     assert child.data.tags["shrinkflow.step"] == "train"
+    # Variants: relative metrics, their parent (name and run), their quantization.
+    q8 = by_name["pr_q8"]
+    assert q8.data.tags["shrinkflow.parent_variant"] == "pr"
+    assert q8.data.tags["shrinkflow.parent_run_id"] == by_name["pr"].info.run_id
+    assert q8.data.tags["shrinkflow.quantization"] == "static"
+    assert len(q8.data.tags["shrinkflow.calibration_fingerprint"]) == 64
+    assert by_name["pr"].data.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert q8.data.metrics["size_ratio_vs_teacher"] > 2  # int8
+    for key in ("accuracy_drop_pp", "latency_ratio_vs_teacher_b256"):
+        assert key in by_name["kd"].data.metrics
     artifacts = {a.path for a in c.list_artifacts(child.info.run_id)}
     assert "checkpoint" in artifacts
     assert child.inputs.dataset_inputs[0].dataset.digest == \
@@ -62,7 +88,8 @@ def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
 
     # DVC: outputs in dvc.lock and in the remote.
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "train", "convert", "validate"}
+    assert set(lock["stages"]) == {"prepare", "train", "convert", "validate",
+                                   *(f"compress@{m}" for m in MODELS[1:])}
     assert lock["stages"]["train"]["outs"][0]["path"] == "models/teacher.pt"
     assert first.dvc["dvc_pushed"] > 0
     metrics_file = json.loads((workspace / "metrics" / "validate.json").read_text())
@@ -70,15 +97,15 @@ def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
 
     # Nothing changed: every step is served from the cache; nothing trains.
     second = run_pipeline(params, workspace)
-    assert second.reused == ["prepare", "train", "convert", "validate"]
     assert second.computed == []
-    assert second.metrics["teacher"] == teacher
+    assert sorted(second.reused) == sorted(first.computed)
+    assert second.metrics == first.metrics
 
     # A deleted output is noticed and recomputed, not silently returned from the cache.
-    (workspace / "models" / "teacher.onnx").unlink()
+    (workspace / "onnx" / "teacher.onnx").unlink()
     third = run_pipeline(params, workspace)
-    assert third.computed == ["convert"]
-    assert (workspace / "models" / "teacher.onnx").is_file()
+    assert third.computed == ["teacher:convert"]
+    assert (workspace / "onnx" / "teacher.onnx").is_file()
 
 
 def test_failing_gate_logs_metrics_and_fails_the_run(prefect_harness, workspace):
