@@ -44,7 +44,8 @@ def test_dvc_repro_matches_flow_and_clean_clone_pulls(prefect_harness, tmp_path)
     assert by_repro["teacher"]["parity_max_abs_diff"] < 1e-3
 
     # A clean clone restores the flow's outputs from the remote.
-    subprocess.run(["git", "add", "dvc.lock", "params.yaml"], cwd=flow_ws, check=True)
+    # What DVC tells a user to commit: dvc.lock, params and the .gitignore files it wrote.
+    subprocess.run(["git", "add", "-A"], cwd=flow_ws, check=True)
     subprocess.run(["git", "-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "run"],
                    cwd=flow_ws, check=True)
     clone = tmp_path / "clone"
