@@ -86,6 +86,41 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
     _print_summary(result, time.perf_counter() - start)
 
 
+@app.command()
+@user_errors
+def bench(params: ParamsOpt = None, set_: SetOpt = None,
+          workspace: Annotated[Path | None, typer.Option(
+              "--workspace", "-w", help="where the benchmark's models, cache and MLflow "
+                                        "database live (default: bench/work/<dataset>)")] = None,
+          out: Annotated[Path | None, typer.Option(
+              help="where benchmark.md and benchmark.csv go "
+                   "(default: bench/results/<dataset>)")] = None,
+          rounds: Annotated[int, typer.Option(min=1, help="interleaved latency rounds")] = 3):
+    """Benchmark side by side: torch teacher, ONNX Runtime peer baselines, every variant.
+
+    Runs the pipeline first (cached steps, such as a trained teacher, are reused).
+    """
+    config = _load(params, set_, Path("."))
+    dataset = config.prepare.dataset
+    ws = (workspace or Path("bench") / "work" / dataset).resolve()
+    ws.mkdir(parents=True, exist_ok=True)
+    config = config.model_copy(update={"base": config.base.model_copy(
+        update={"dvc_commit": False})})
+    from flows.pipeline import run_pipeline
+    from shrinkflow import bench as lib
+    from shrinkflow.workspace import Workspace
+
+    start = time.perf_counter()
+    result = run_pipeline(config, ws)
+    console.print(f"pipeline done in {time.perf_counter() - start:.0f} s (MLflow run "
+                  f"{result.run.run_id}); measuring side by side...")
+    md, _ = lib.benchmark(config, Workspace.at(ws), out or Path("bench") / "results" / dataset,
+                          rounds=rounds)
+    console.print(md.read_text(), markup=False, highlight=False)
+    console.print(f"written: {md} and {md.with_suffix('.csv')}; total "
+                  f"{time.perf_counter() - start:.0f} s")
+
+
 def _fmt(value: float | None, kind: str) -> str:
     if value is None:
         return "-"

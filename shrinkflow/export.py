@@ -38,7 +38,6 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
     stored as int8.
     """
     import onnx
-
     from shrinkflow.compress.quantize import QATModel, fold_weight_quantization
 
     is_qat = isinstance(model, QATModel)

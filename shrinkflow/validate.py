@@ -52,16 +52,14 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     }
 
 
-def latency_ms(session, x: np.ndarray, batch: int, warmup: int, repeats: int) -> tuple[float, float]:
-    """p50 and p95 wall time (ms) of one ``session.run`` at ``batch``, after ``warmup`` runs.
-
-    Inputs cycle through ``x`` (tiled when it is smaller than a batch), so the cache
-    never sees one frozen tensor.
-    """
+def latency_samples(session, x: np.ndarray, batch: int, warmup: int, repeats: int) -> np.ndarray:
+    """Wall time (ms) of each of ``repeats`` ``session.run`` calls at ``batch``, after
+    ``warmup`` untimed runs. Inputs cycle through ``x`` (tiled when it is smaller than
+    a batch), so the cache never sees one frozen tensor."""
     name = session.get_inputs()[0].name
     if len(x) < batch:
         x = np.concatenate([x] * (batch // len(x) + 1))
-    n_batches = max(1, len(x) // batch)
+    n_batches = max(1, min(len(x) // batch, warmup + repeats))
     batches = [np.ascontiguousarray(x[i * batch:(i + 1) * batch]) for i in range(n_batches)]
     for i in range(warmup):
         session.run(None, {name: batches[i % n_batches]})
@@ -70,7 +68,13 @@ def latency_ms(session, x: np.ndarray, batch: int, warmup: int, repeats: int) ->
         t0 = time.perf_counter()
         session.run(None, {name: batches[i % n_batches]})
         times[i] = time.perf_counter() - t0
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 95) * 1e3)
+    return times * 1e3
+
+
+def latency_ms(session, x: np.ndarray, batch: int, warmup: int, repeats: int) -> tuple[float, float]:
+    """p50 and p95 wall time (ms) of one ``session.run`` at ``batch`` (see latency_samples)."""
+    times = latency_samples(session, x, batch, warmup, repeats)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 
 def size_stats(path: str | Path) -> dict[str, float]:

@@ -203,7 +203,6 @@ class _Reader:
 def quantize_onnx(float_path: str | Path, out_path: str | Path, step: QuantizeStep,
                   calibration: np.ndarray | None) -> None:
     """Write an int8 ONNX model quantized by ONNX Runtime (dynamic, or static QDQ)."""
-    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -213,6 +212,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, step: QuantizeSt
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    import onnx
     from shrinkflow.artifacts import atomic_path
 
     with atomic_path(out_path) as tmp:
@@ -291,8 +291,9 @@ def int8_op_counts(path: str | Path) -> dict[str, int]:
     """Op types in ONNX Runtime's optimized graph (to verify int8 kernels are used)."""
     import tempfile
 
-    import onnx
     import onnxruntime as ort
+
+    import onnx
 
     with tempfile.TemporaryDirectory() as d:
         so = ort.SessionOptions()
