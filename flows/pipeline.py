@@ -25,7 +25,7 @@ from shrinkflow.tracking import TAG, RunRef, resolve_tracking_uri
 from shrinkflow.variants import derivation_keys, stale_outputs, torch_steps
 from shrinkflow.versioning import is_dvc_workspace, params_match_file
 from shrinkflow.workspace import Workspace
-from tasks import distill, finetune, prune, quantize, record, tracking
+from tasks import distill, finetune, prune, quantize, record, registry, tracking
 from tasks.compress import publish
 from tasks.convert import convert
 from tasks.prepare import prepare
@@ -46,6 +46,12 @@ class PipelineResult(BaseModel):
     reused: list[str] = Field(default_factory=list)
     computed: list[str] = Field(default_factory=list)
     dvc: dict[str, Any] = Field(default_factory=dict)
+    selected: str | None = None
+    selection: str = ""
+    rejected: dict[str, list[str]] = Field(default_factory=dict)
+    registered_version: str | None = None
+    promotion: dict[str, Any] = Field(default_factory=dict)
+    report: str | None = None
 
 
 class _Steps:
@@ -127,11 +133,25 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
             logger.info("removing %s: no longer a model in params", path)
             path.unlink()
         write_metrics(results, str(ws.validate_metrics))
-        logged = _log_models(run, params, models, onnx, results, data, code_tags)
+        decision = registry.decide(results, params)
+        logged = _log_models(run, params, models, onnx, results, data, code_tags, decision)
         # A variant failing a gate is rejected (kept, logged with its reasons); a teacher
         # failing its conversion gates leaves nothing trustworthy: the run fails.
         gate_failures = [f"{m.name}: {f}" for m in results for f in m.gate_failures]
         failures = [f for f in gate_failures if f.startswith("teacher:")]
+        version, promotion = None, None
+        if decision.selected and params.registry.auto_promote and not failures:
+            version, promotion = _register_and_promote(run, params, decision, results, logged,
+                                                       data, code_tags)
+        moved = None
+        if promotion is not None:
+            verb = "promoted to champion" if promotion.promoted else "not promoted"
+            moved = f"v{version} {verb}: {promotion.reason}"
+        md, png = registry.write_report(results, decision, str(ws.root / "reports"),
+                                        run.run_id, f"shrinkflow run {run.run_id}", moved)
+        tracking.tag_run(run, {f"{TAG}selected": decision.selected or "",
+                               f"{TAG}selection": decision.why}, artifact=md)
+        tracking.tag_run(run, {}, artifact=png)
         dvc = _record(params, ws, failures)
         if dvc.get("skipped"):
             logger.warning("DVC: outputs not recorded in dvc.lock: %s", dvc["skipped"])
@@ -146,12 +166,38 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
         tracking.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     tracking.end_run(run, "FINISHED")
-    return PipelineResult(run=run, metrics={m.name: m.values for m in results}, models=logged,
-                          gate_failures=gate_failures, reused=reused, computed=computed, dvc=dvc)
+    return PipelineResult(
+        run=run, metrics={m.name: m.values for m in results}, models=logged,
+        gate_failures=gate_failures, reused=reused, computed=computed, dvc=dvc,
+        selected=decision.selected, selection=decision.why,
+        rejected={n: list(v.reasons) for n, v in decision.verdicts.items() if not v.passed},
+        registered_version=version, promotion=promotion.model_dump() if promotion else {},
+        report=md)
+
+
+def _register_and_promote(run, params: Params, decision, results, logged, data, code_tags):
+    """Register the selected model as challenger, then try to promote it."""
+    from shrinkflow.registry import lineage_chain
+
+    name = decision.selected
+    values = next(m.values for m in results if m.name == name)
+    verdict = decision.verdicts[name]
+    uri, reg_name = run.tracking_uri, params.registered_model_name()
+    tags = {**code_tags, f"{TAG}variant": name,
+            f"{TAG}lineage": " > ".join(lineage_chain(params, name)),
+            f"{TAG}data_fingerprint": data.fingerprint, f"{TAG}dataset": data.dataset,
+            f"{TAG}pipeline_run_id": run.run_id, f"{TAG}model_run_id": logged[name]["run_id"],
+            f"{TAG}gate": "pass" if verdict.passed else "fail",
+            f"{TAG}gate_reasons": "; ".join(verdict.reasons),
+            f"{TAG}selection": decision.why, f"{TAG}params_hash": params.config_hash()}
+    version = registry.register(uri, reg_name, logged[name]["model_uri"], logged[name]["run_id"],
+                                values, tags, "shrinkflow run")
+    promotion = registry.promote(uri, reg_name, version, params, "shrinkflow run", data)
+    return version, promotion
 
 
 def _log_models(run, params: Params, models, onnx, results: list[Metrics], data,
-                code_tags: dict[str, str]) -> dict[str, dict[str, str]]:
+                code_tags: dict[str, str], decision) -> dict[str, dict[str, str]]:
     """One nested MLflow run per model, parents first (children tag their parent's run)."""
     logged: dict[str, dict[str, str]] = {}
     for metrics in results:
@@ -172,7 +218,11 @@ def _log_models(run, params: Params, models, onnx, results: list[Metrics], data,
              f"{TAG}variant_config_hash": params.variants[name].config_hash()
              if name in params.variants else params.train.config_hash(),
              f"{TAG}quantization": onnx_art.quantization,
-             f"{TAG}calibration_fingerprint": onnx_art.calibration_fingerprint})
+             f"{TAG}calibration_fingerprint": onnx_art.calibration_fingerprint,
+             f"{TAG}gate": "pass" if decision.verdicts[name].passed else "fail",
+             f"{TAG}gate_reasons": "; ".join(decision.verdicts[name].reasons)[:4000],
+             f"{TAG}pareto": str(decision.verdicts[name].on_frontier).lower(),
+             f"{TAG}selected": str(name == decision.selected).lower()})
     return logged
 
 

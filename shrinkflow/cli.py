@@ -121,6 +121,109 @@ def bench(params: ParamsOpt = None, set_: SetOpt = None,
                   f"{time.perf_counter() - start:.0f} s")
 
 
+RegistryOpts = Annotated[str | None, typer.Option(
+    "--name", help="registered model (default: registry.model_name, else shrinkflow-<dataset>)")]
+
+
+def _registry_target(params: Path | None, set_: list[str] | None, workspace: Path,
+                     name: str | None):
+    from shrinkflow.config import tracking_uri
+    from shrinkflow.tracking import resolve_tracking_uri
+
+    config = _load(params, set_, workspace)
+    uri = resolve_tracking_uri(tracking_uri(config), workspace.resolve())
+    return config, uri, name or config.registered_model_name()
+
+
+@app.command()
+@user_errors
+def models(name: RegistryOpts = None, params: ParamsOpt = None, set_: SetOpt = None,
+           workspace: WorkspaceOpt = Path(".")):
+    """List registered versions: aliases, key metrics, gate verdict, last move."""
+    from shrinkflow.registry import list_versions
+
+    _, uri, name = _registry_target(params, set_, workspace, name)
+    rows = list_versions(uri, name)
+    table = Table(title=f"registered model {name} ({uri})", title_justify="left")
+    for col in ("version", "aliases", "variant", "ORT acc %", "size KB", "b256 ms", "gate",
+                "created", "last move"):
+        table.add_column(col, justify="right" if col in ("version", "ORT acc %", "size KB",
+                                                          "b256 ms") else "left")
+    for r in rows:
+        m, ev = r["metrics"], r["last_event"]
+        move = f"{ev['action']} by {ev['by']} at {ev['at']}: {ev['reason']}" if ev else ""
+        table.add_row(r["version"], ", ".join(r["aliases"]), r["variant"],
+                      _fmt(m.get("onnx_test_accuracy"), "pct"), _fmt(m.get("size_bytes"), "bytes"),
+                      _fmt(m.get("latency_p50_ms_b256"), "ms"), r["gate"], r["created"], move)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def promote(version: Annotated[str | None, typer.Option(
+                help="version to promote (default: the challenger)")] = None,
+            force: Annotated[bool, typer.Option(
+                help="skip the promotion rule (needs --reason)")] = False,
+            reason: Annotated[str | None, typer.Option(help="why (recorded on the version)")] = None,
+            name: RegistryOpts = None, params: ParamsOpt = None, set_: SetOpt = None,
+            workspace: WorkspaceOpt = Path(".")):
+    """Promote the challenger (or --version N) to champion if it wins by the rule."""
+    from shrinkflow.data import data_record
+    from shrinkflow.registry import promote as do_promote
+    from shrinkflow.registry import test_data_of
+    from shrinkflow.workspace import Workspace
+
+    config, uri, name = _registry_target(params, set_, workspace, name)
+    ws = Workspace.at(workspace)
+    test_data = test_data_of(data_record(ws.data_dir)) if (ws.data_dir / "meta.json").is_file() \
+        else None
+    command = "shrinkflow promote" + (" --force" if force else "")
+    result = do_promote(uri, name, version, config, command, test_data, force=force,
+                        reason=reason)
+    verb = "[green]promoted to champion[/]" if result.promoted else "[yellow]not promoted[/]"
+    console.print(f"{name} v{result.version} {verb}: {result.reason}")
+    console.print(f"champion: v{result.champion_before or '-'} -> v{result.champion_after or '-'}")
+
+
+@app.command()
+@user_errors
+def rollback(reason: Annotated[str | None, typer.Option(help="why (recorded)")] = None,
+             name: RegistryOpts = None, params: ParamsOpt = None, set_: SetOpt = None,
+             workspace: WorkspaceOpt = Path(".")):
+    """champion <- previous (the demoted champion becomes previous)."""
+    from shrinkflow.registry import rollback as do_rollback
+
+    _, uri, name = _registry_target(params, set_, workspace, name)
+    result = do_rollback(uri, name, "shrinkflow rollback", reason)
+    console.print(f"{name}: champion v{result.champion_before} -> v{result.champion_after} "
+                  f"({result.reason})")
+
+
+@app.command()
+@user_errors
+def predict(model_uri: Annotated[str, typer.Argument(
+                help="models:/NAME@champion, models:/NAME/VERSION, runs:/... or a .onnx file")],
+            input_npz: Annotated[Path, typer.Argument(help=".npz with an array x of raw images")],
+            out: Annotated[Path | None, typer.Option(help="write pred and probs to this .npz")] = None,
+            normalized: Annotated[bool, typer.Option(
+                help="x is already normalised (skip the model's stored normalisation)")] = False,
+            params: ParamsOpt = None, workspace: WorkspaceOpt = Path(".")):
+    """Predict with a registered ONNX model on ONNX Runtime."""
+    from shrinkflow.config import tracking_uri
+    from shrinkflow.predict import predict as do_predict
+    from shrinkflow.tracking import client, resolve_tracking_uri
+
+    config = _load(params, None, workspace)
+    client(resolve_tracking_uri(tracking_uri(config), workspace.resolve()))
+    result = do_predict(model_uri, input_npz, out, normalized)
+    pred, labels = result["pred"], result["labels"]
+    console.print(f"{len(pred)} predictions from {model_uri}")
+    for i in range(min(10, len(pred))):
+        console.print(f"  {i}: {labels[i]} (p={result['probs'][i].max():.3f})")
+    if out:
+        console.print(f"written: {out}")
+
+
 def _fmt(value: float | None, kind: str) -> str:
     if value is None:
         return "-"
@@ -146,9 +249,10 @@ def _print_summary(result, seconds: float) -> None:
         table.add_column(title, justify="left" if title == "model" else "right")
     table.add_column("gate")
     for name, values in result.metrics.items():
-        failed = [f for f in result.gate_failures if f.startswith(f"{name}:")]
-        table.add_row(name, *[_fmt(values.get(key), kind) for _, key, kind in columns[1:]],
-                      "[red]fail[/]" if failed else "[green]pass[/]")
+        mark = "[red]fail[/]" if name in result.rejected else "[green]pass[/]"
+        if name == result.selected:
+            mark = "[bold blue]selected[/]"
+        table.add_row(name, *[_fmt(values.get(key), kind) for _, key, kind in columns[1:]], mark)
     console.print(table)
     run = result.run
     console.print(f"MLflow run  {run.run_id}  (experiment {run.experiment_id})")
@@ -159,6 +263,17 @@ def _print_summary(result, seconds: float) -> None:
     elif result.dvc:
         console.print(f"DVC: outputs recorded in dvc.lock, {result.dvc['dvc_pushed']} file(s) "
                       "pushed to the remote")
+    if result.rejected:
+        console.print("rejected by the gates (kept and logged):")
+        for name, reasons in result.rejected.items():
+            console.print(f"  {name}: {'; '.join(reasons)}", highlight=False)
+    console.print(f"selected: {result.selected or 'none'} ({result.selection})")
+    if result.promotion:
+        p = result.promotion
+        verb = "[green]promoted to champion[/]" if p["promoted"] else "[yellow]not promoted[/]"
+        console.print(f"registry {p['name']}: version {p['version']} {verb}: {p['reason']}")
+    if result.report:
+        console.print(f"report: {result.report}")
     console.print(f"wall time {seconds:.1f} s")
     console.print(f"MLflow UI:  mlflow ui --backend-store-uri {run.tracking_uri}   "
                   "(then http://127.0.0.1:5000)")

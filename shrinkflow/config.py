@@ -243,6 +243,42 @@ class Variant(Section):
         return last if isinstance(last, QuantizeStep) and last.is_onnx_only else None
 
 
+class GatesParams(Section):
+    """Hard gates every model must pass to be selected (conversion parity is checked by
+    ``validate.gates`` / ``validate.quantized_gates`` and counts here too)."""
+
+    # Accuracy (ONNX Runtime, test split) may be at most this many points below the teacher's.
+    max_accuracy_drop_pp: float = Field(1.0, ge=0)
+    # A variant must be faster than its parent by at least this fraction (0.05 = 5 %)...
+    min_speedup_vs_parent: float = Field(0.05, ge=-1, lt=1)
+    # ... at this batch size (p50 latency, validate.threads threads).
+    latency_batch: Literal[1, 256] = 256
+    # Largest ONNX file allowed, in bytes (None: no limit).
+    max_size_bytes: int | None = Field(None, ge=1)
+
+
+class SelectParams(Section):
+    """Which passing model becomes the challenger (from the Pareto frontier)."""
+
+    objective: Literal["smallest", "fastest", "most_accurate", "weighted"] = "smallest"
+    # weighted: minimise w_size * size/teacher + w_latency * latency/teacher
+    #           + w_accuracy * accuracy drop in pp.
+    weights: dict[Literal["size", "latency", "accuracy"], float] = Field(
+        default_factory=lambda: {"size": 1.0, "latency": 1.0, "accuracy": 1.0})
+
+
+class RegistryParams(Section):
+    # Registered model name; None: shrinkflow-<dataset>.
+    model_name: str | None = Field(None, min_length=1)
+    # After each run, register the selected model as `challenger` and try to promote it.
+    auto_promote: bool = True
+    # The challenger wins if it is at most this many points less accurate than the
+    # champion (re-measured on the same test data) ...
+    max_accuracy_loss_pp: float = Field(0.2, ge=0)
+    # ... and better on the selection objective by at least this fraction.
+    min_objective_gain: float = Field(0.0, ge=0, lt=1)
+
+
 class Params(Section):
     base: BaseParams = Field(default_factory=BaseParams)
     prepare: PrepareParams = Field(default_factory=PrepareParams)
@@ -250,8 +286,14 @@ class Params(Section):
     variants: dict[str, Variant] = Field(default_factory=dict)
     convert: ConvertParams = Field(default_factory=ConvertParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    gates: GatesParams = Field(default_factory=GatesParams)
+    select: SelectParams = Field(default_factory=SelectParams)
+    registry: RegistryParams = Field(default_factory=RegistryParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or f"shrinkflow-{self.prepare.dataset}"
 
     @model_validator(mode="after")
     def _variant_graph(self) -> Params:

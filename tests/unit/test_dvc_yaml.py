@@ -6,8 +6,7 @@ import yaml
 
 from flows.pipeline import STAGES, STEP_TASKS
 from shrinkflow.compress import STEP_FUNCTIONS
-from shrinkflow.config import STEP_KINDS
-from shrinkflow.config import Params
+from shrinkflow.config import STEP_KINDS, Params
 from shrinkflow.workspace import Workspace
 from tests.conftest import REPO
 
