@@ -189,7 +189,8 @@ def _register_and_promote(run, params: Params, decision, results, logged, data, 
             f"{TAG}pipeline_run_id": run.run_id, f"{TAG}model_run_id": logged[name]["run_id"],
             f"{TAG}gate": "pass" if verdict.passed else "fail",
             f"{TAG}gate_reasons": "; ".join(verdict.reasons),
-            f"{TAG}selection": decision.why, f"{TAG}params_hash": params.config_hash()}
+            f"{TAG}selection": decision.why, f"{TAG}params_hash": params.config_hash(),
+            f"{TAG}onnx_sha256": logged[name]["onnx_sha256"]}
     version = registry.register(uri, reg_name, logged[name]["model_uri"], logged[name]["run_id"],
                                 values, tags, "shrinkflow run")
     promotion = registry.promote(uri, reg_name, version, params, "shrinkflow run", data)

@@ -138,6 +138,15 @@ def register(uri: str, name: str, model_uri: str, run_id: str, values: dict[str,
     except Exception:
         c.create_registered_model(name, description="Models selected by shrinkflow: "
                                   "aliases champion, challenger, previous.")
+    sha = tags.get(f"{TAG}onnx_sha256")
+    if sha:  # the same ONNX file selected again (nothing changed): no duplicate version
+        for mv in c.search_model_versions(f"name='{name}'"):
+            if mv.tags.get(f"{TAG}onnx_sha256") == sha:
+                version = str(mv.version)
+                c.set_registered_model_alias(name, CHALLENGER, version)
+                record_event(c, name, version, CHALLENGER, command,
+                             "selected again: the same ONNX file as this version")
+                return version
     all_tags = {**tags, **{f"{METRIC_TAG}{k}": f"{values[k]:.8g}" for k in KEY_METRICS
                            if k in values}}
     mv = c.create_model_version(name, source=model_uri, run_id=run_id, tags=all_tags)

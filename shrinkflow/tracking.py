@@ -188,7 +188,8 @@ def log_model_run(parent: RunRef, model: ModelArtifact, onnx_art: OnnxArtifact,
                            model_id=info.model_id)
         mlflow.log_input(splits_x, context="test")
         c.log_artifact(run_id, model.path, artifact_path="checkpoint")
-    return {"run_id": run_id, "model_id": info.model_id, "model_uri": info.model_uri}
+    return {"run_id": run_id, "model_id": info.model_id, "model_uri": info.model_uri,
+            "onnx_sha256": onnx_art.sha256}
 
 
 def _logits_like(example: np.ndarray, proto) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -95,11 +96,34 @@ def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
     metrics_file = json.loads((workspace / "metrics" / "validate.json").read_text())
     assert metrics_file["teacher"]["gate_passed"] is True
 
-    # Nothing changed: every step is served from the cache; nothing trains.
+    # Gates, selection, registry: the selected model is the first champion.
+    assert first.selected in MODELS and first.report and Path(first.report).is_file()
+    assert Path(first.report).with_suffix(".png").is_file()
+    assert first.promotion["promoted"] and "no champion yet" in first.promotion["reason"]
+    for name, reasons in first.rejected.items():
+        assert reasons and by_name[name].data.tags["shrinkflow.gate"] == "fail"
+    champion = c.get_model_version_by_alias("shrinkflow-digits", "champion")
+    assert champion.tags["shrinkflow.variant"] == first.selected
+    assert champion.tags["shrinkflow.lineage"].startswith("teacher")
+
+    # Nothing changed: every step is served from the cache; nothing trains; the same
+    # model is selected again: no new version, champion kept with a reason.
     second = run_pipeline(params, workspace)
     assert second.computed == []
     assert sorted(second.reused) == sorted(first.computed)
     assert second.metrics == first.metrics
+    assert second.registered_version == first.registered_version
+    assert not second.promotion["promoted"]
+    assert second.promotion["reason"] == "already the champion"
+
+    from typer.testing import CliRunner
+
+    from shrinkflow.cli import app
+
+    listed = CliRunner().invoke(app, ["models", "--workspace", str(workspace)],
+                                env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert "champion" in listed.output and first.selected in listed.output
 
     # A deleted output is noticed and recomputed, not silently returned from the cache.
     (workspace / "onnx" / "teacher.onnx").unlink()
