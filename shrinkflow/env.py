@@ -49,3 +49,6 @@ def quiet_logs() -> None:
 def setup() -> None:
     quiet_telemetry()
     quiet_logs()
+    # The library's progress lines (epochs, pruning cycles); Prefect forwards them to
+    # the flow-run logs (PREFECT_LOGGING_EXTRA_LOGGERS).
+    logging.getLogger("shrinkflow").setLevel(logging.INFO)
