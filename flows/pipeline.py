@@ -26,6 +26,7 @@ from shrinkflow.variants import derivation_keys, stale_outputs, torch_steps
 from shrinkflow.versioning import is_dvc_workspace, params_match_file
 from shrinkflow.workspace import Workspace
 from tasks import distill, finetune, prune, quantize, record, registry, tracking
+from tasks.changes import inputs_state
 from tasks.compress import publish
 from tasks.convert import convert
 from tasks.prepare import prepare
@@ -93,10 +94,11 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
     git = git_info(ws.root)
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
     code_tags = {f"{TAG}git_commit": git["commit"], f"{TAG}git_dirty": git["dirty"]}
+    state = inputs_state(params)  # data, code and params identity: what a rerun compares
     run = tracking.start_run(
         uri, params.base.experiment, ws.resolve(params.base.artifact_location).as_uri(),
         params.dump(), {**code_tags, "mlflow.source.git.commit": git["commit"],
-                        f"{TAG}params_hash": params.config_hash()})
+                        f"{TAG}params_hash": params.config_hash(), **state.tags()})
     steps = _Steps()
     threads = params.base.torch_threads
     try:
@@ -142,7 +144,7 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
         version, promotion = None, None
         if decision.selected and params.registry.auto_promote and not failures:
             version, promotion = _register_and_promote(run, params, decision, results, logged,
-                                                       data, code_tags)
+                                                       data, {**code_tags, **state.tags()})
         moved = None
         if promotion is not None:
             verb = "promoted to champion" if promotion.promoted else "not promoted"

@@ -121,6 +121,62 @@ def bench(params: ParamsOpt = None, set_: SetOpt = None,
                   f"{time.perf_counter() - start:.0f} s")
 
 
+@app.command()
+@user_errors
+def serve(cron: Annotated[str, typer.Option(help="cron schedule (UTC)")] = "0 3 * * *",
+          name: Annotated[str, typer.Option(help="deployment name")] = "nightly",
+          params_file: Annotated[str, typer.Option(
+              "--params-file", help="params file, relative to the workspace, read at "
+                                    "each run")] = "params.yaml",
+          workspace: WorkspaceOpt = Path(".")):
+    """Serve the retraining flow on a schedule (Prefect serve; Ctrl-C stops).
+
+    Each run skips in seconds when data, code and params are unchanged; otherwise it
+    recomputes only what changed. Trigger one by hand with
+    `prefect deployment run shrinkflow-retrain/NAME`.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:
+        raise ShrinkflowError(f"--cron {cron!r}: not a cron expression (e.g. '0 3 * * *')") \
+            from None
+    ws = workspace.resolve()
+    _load(ws / params_file if (ws / params_file).is_file() else None, None, ws)
+    from flows.retrain import retrain
+
+    console.print(f"serving shrinkflow-retrain/{name} on '{cron}' for {ws}")
+    retrain.serve(name=name, cron=cron, tags=["shrinkflow"],
+                  parameters={"workspace": str(ws), "params_file": params_file},
+                  print_starting_message=True)
+
+
+data_app = typer.Typer(help="Version data snapshots with DVC.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("add")
+@user_errors
+def data_add(path: Annotated[Path, typer.Argument(help=".npz with arrays x and y")],
+             workspace: WorkspaceOpt = Path("."),
+             push: Annotated[bool, typer.Option(help="push the snapshot to the DVC remote")] = True):
+    """Version a new data snapshot: it becomes data/raw/dataset.npz, tracked by DVC.
+
+    The next (scheduled) run sees the new data and retrains. params.yaml must read it:
+    prepare.dataset: npz and prepare.path: data/raw/dataset.npz.
+    """
+    from shrinkflow.snapshots import add_snapshot
+
+    info = add_snapshot(path, workspace.resolve(), push=push)
+    console.print(f"data snapshot {info['path']}: {info['examples']} examples, "
+                  f"{info['classes']} classes, md5 {info['md5']}")
+    console.print(f"tracked in {info['dvc_file']}{' and pushed' if push else ''}; commit it: "
+                  f"git add {info['dvc_file']} && git commit -m 'data snapshot'")
+    if info.get("params_note"):
+        console.print(f"[yellow]{info['params_note']}[/]")
+
+
 RegistryOpts = Annotated[str | None, typer.Option(
     "--name", help="registered model (default: registry.model_name, else shrinkflow-<dataset>)")]
 

@@ -300,3 +300,33 @@ def normalize(x: np.ndarray, meta: dict) -> np.ndarray:
     """Apply a prepared dataset's normalisation to raw images (same dtype rules)."""
     x = np.asarray(x, dtype=np.float32) / np.float32(meta["scale"])
     return (x - np.float32(meta["mean"])) / np.float32(meta["std"])
+
+
+def source_files(params: PrepareParams) -> list[Path]:
+    """The files a data source reads (what decides whether the data changed)."""
+    if params.dataset == "digits":
+        import importlib.util
+
+        # Located, not imported: importing sklearn.datasets costs seconds.
+        sklearn_dir = Path(importlib.util.find_spec("sklearn").origin).parent
+        return [sklearn_dir / "datasets" / "data" / "digits.csv.gz"]
+    if params.dataset == "fashion-mnist":
+        root = Path(params.path) if params.path else FASHION_MNIST_DIR
+        return [_find_idx(root, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    path = Path(params.path or "")
+    if not path.is_file():
+        raise ShrinkflowError(f"prepare.path: {path} not found; give an .npz file with "
+                              "arrays x and y (or `shrinkflow data add FILE`)")
+    return [path]
+
+
+def source_fingerprint(params: PrepareParams) -> str:
+    """sha256 of the source files' bytes: cheap (no decoding), so a scheduled run can tell
+    in seconds whether the data changed."""
+    from shrinkflow.artifacts import file_sha256
+
+    h = hashlib.sha256(params.dataset.encode())
+    for f in source_files(params):
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()

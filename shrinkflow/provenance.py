@@ -51,3 +51,22 @@ def environment() -> dict[str, str]:
     env["platform"] = platform.platform()
     env["lock_hash"] = hashlib.sha256("\n".join(dists).encode()).hexdigest()[:16]
     return env
+
+
+def code_hash(packages: tuple[str, ...] = ("shrinkflow", "tasks", "flows")) -> str:
+    """sha256 (16 hex) over the Python sources of ``packages``, wherever installed.
+
+    Unlike the commit, it ignores docs and tests, and it sees uncommitted edits.
+    """
+    import importlib.util
+
+    h = hashlib.sha256()
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(next(iter(spec.submodule_search_locations)))
+        for p in sorted(root.rglob("*.py")):
+            h.update(f"{package}/{p.relative_to(root).as_posix()}".encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]

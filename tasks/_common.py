@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
-import shrinkflow
 from shrinkflow.config import Params, load_params
 from shrinkflow.errors import ShrinkflowError
+from shrinkflow.provenance import code_hash
 from shrinkflow.workspace import Workspace
-
-
-def _library_hash() -> str:
-    root = Path(shrinkflow.__file__).parent
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
 
 
 class LibrarySource(CachePolicy):
@@ -33,7 +22,7 @@ class LibrarySource(CachePolicy):
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        return _library_hash()
+        return code_hash(("shrinkflow",))
 
 
 # A re-run with the same inputs, wrapper and library code returns the stored record

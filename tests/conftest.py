@@ -49,6 +49,8 @@ def make_workspace(root: Path, remote: Path) -> Path:
     for name in WORKSPACE_DIRS:
         shutil.copytree(REPO / name, root / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (root / "data" / "raw").mkdir(parents=True)
+    (root / "data" / "raw" / ".gitkeep").touch()
     _git(root, "init", "-q")
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "workspace")

@@ -1,0 +1,54 @@
+"""The scheduled flow: retrain and recompress only when data, code or params changed.
+
+``shrinkflow serve --cron`` serves it; ``prefect.yaml`` deploys it to a process work
+pool. Params are read from the workspace when each run starts, so an edit to
+params.yaml is picked up by the next scheduled run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from shrinkflow.config import load_params, tracking_uri
+from shrinkflow.tracking import resolve_tracking_uri
+from shrinkflow.workspace import Workspace
+from tasks.changes import what_changed
+
+
+class RetrainResult(BaseModel):
+    status: str  # "skipped" | "ran"
+    reason: str
+    changed: list[str] = Field(default_factory=list)
+    reused: list[str] = Field(default_factory=list)
+    computed: list[str] = Field(default_factory=list)
+    run_id: str | None = None
+    selected: str | None = None
+    promotion: dict[str, Any] = Field(default_factory=dict)
+
+
+@flow(name="shrinkflow-retrain", log_prints=False, persist_result=True)
+def retrain(workspace: str = ".", params_file: str = "params.yaml") -> RetrainResult:
+    """Skip when nothing changed since the champion (or the last finished run); else
+    run the pipeline, whose cache recomputes only what the change invalidates."""
+    from flows.pipeline import run_pipeline
+
+    logger = get_run_logger()
+    ws = Workspace.at(workspace)
+    params = load_params(ws.resolve(params_file))
+    uri = resolve_tracking_uri(tracking_uri(params), ws.root)
+    check = what_changed(params, uri)
+    if not check["changed"]:
+        reason = f"skipped: nothing changed since {check['against']}"
+        logger.info(reason)
+        return RetrainResult(status="skipped", reason=reason)
+    logger.info("changed since %s: %s", check["against"] or "-", ", ".join(check["changed"]))
+    result = run_pipeline(params, ws.root)
+    logger.info("reused %d step(s) from the cache; recomputed: %s", len(result.reused),
+                ", ".join(result.computed) or "nothing")
+    return RetrainResult(status="ran", reason="changed: " + ", ".join(check["changed"]),
+                         changed=check["changed"], reused=result.reused,
+                         computed=result.computed, run_id=result.run.run_id,
+                         selected=result.selected, promotion=result.promotion)
