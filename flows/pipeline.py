@@ -18,12 +18,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from shrinkflow.artifacts import Metrics
-from shrinkflow.config import Params, tracking_uri
+from shrinkflow.config import Params, tracking_uri, yaml_dump
 from shrinkflow.errors import GateFailure
 from shrinkflow.provenance import git_info
 from shrinkflow.tracking import TAG, RunRef, resolve_tracking_uri
 from shrinkflow.variants import derivation_keys, stale_outputs, torch_steps
-from shrinkflow.versioning import is_dvc_workspace, params_match_file
+from shrinkflow.versioning import is_dvc_workspace, locked_out, params_match_file
 from shrinkflow.workspace import Workspace
 from tasks import distill, finetune, prune, quantize, record, registry, tracking
 from tasks.changes import inputs_state
@@ -109,13 +109,15 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
         models = {"teacher": steps.submit("train", train, ws.checkpoint("teacher"), params.train,
                                           data, str(ws.checkpoint("teacher")), threads)}
         keys = derivation_keys(params)
+        chains: dict[str, list] = {"teacher": [("train", params.train, models["teacher"])]}
         for name in params.variant_order():
             variant = params.variants[name]
-            model = models[variant.from_]
+            model, chains[name] = models[variant.from_], list(chains[variant.from_])
             for step, key in zip(torch_steps(variant), keys[name], strict=False):
                 out = ws.step_checkpoint(key)
                 model = steps.submit(f"{name}:{step.kind}", STEP_TASKS[step.kind], out,
                                      model, step, data, str(out), threads)
+                chains[name].append((step.kind, step, model))
             models[name] = publish.submit(model, name, variant.from_, str(ws.checkpoint(name)))
         onnx = {}
         for name, model in models.items():
@@ -136,11 +138,18 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
             path.unlink()
         write_metrics(results, str(ws.validate_metrics))
         decision = registry.decide(results, params)
-        logged = _log_models(run, params, models, onnx, results, data, code_tags, decision)
         # A variant failing a gate is rejected (kept, logged with its reasons); a teacher
         # failing its conversion gates leaves nothing trustworthy: the run fails.
         gate_failures = [f"{m.name}: {f}" for m in results for f in m.gate_failures]
         failures = [f for f in gate_failures if f.startswith("teacher:")]
+        # DVC first, so each model's lineage can name the data's DVC hash.
+        dvc = _record(params, ws, failures)
+        if dvc.get("skipped"):
+            logger.warning("DVC: outputs not recorded in dvc.lock: %s", dvc["skipped"])
+        lineage_info = {"state": state, "git": git, "dvc_data": dvc.get("data")}
+        tracking.tag_run(run, {}, text={"params.yaml": yaml_dump(params.dump())})
+        logged = _log_models(run, params, models, onnx, results, data, code_tags, decision,
+                             chains, lineage_info)
         version, promotion = None, None
         if decision.selected and params.registry.auto_promote and not failures:
             version, promotion = _register_and_promote(run, params, decision, results, logged,
@@ -154,9 +163,6 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
         tracking.tag_run(run, {f"{TAG}selected": decision.selected or "",
                                f"{TAG}selection": decision.why}, artifact=md)
         tracking.tag_run(run, {}, artifact=png)
-        dvc = _record(params, ws, failures)
-        if dvc.get("skipped"):
-            logger.warning("DVC: outputs not recorded in dvc.lock: %s", dvc["skipped"])
         reused, computed = steps.report()
         tracking.tag_run(run, {f"{TAG}reused": ",".join(reused)[:5000],
                                f"{TAG}computed": ",".join(computed)[:5000],
@@ -192,7 +198,8 @@ def _register_and_promote(run, params: Params, decision, results, logged, data, 
             f"{TAG}gate": "pass" if verdict.passed else "fail",
             f"{TAG}gate_reasons": "; ".join(verdict.reasons),
             f"{TAG}selection": decision.why, f"{TAG}params_hash": params.config_hash(),
-            f"{TAG}onnx_sha256": logged[name]["onnx_sha256"]}
+            f"{TAG}onnx_sha256": logged[name]["onnx_sha256"],
+            f"{TAG}lineage_uri": f"runs:/{logged[name]['run_id']}/lineage.json"}
     version = registry.register(uri, reg_name, logged[name]["model_uri"], logged[name]["run_id"],
                                 values, tags, "shrinkflow run")
     promotion = registry.promote(uri, reg_name, version, params, "shrinkflow run", data)
@@ -200,12 +207,38 @@ def _register_and_promote(run, params: Params, decision, results, logged, data, 
 
 
 def _log_models(run, params: Params, models, onnx, results: list[Metrics], data,
-                code_tags: dict[str, str], decision) -> dict[str, dict[str, str]]:
-    """One nested MLflow run per model, parents first (children tag their parent's run)."""
+                code_tags: dict[str, str], decision, chains,
+                lineage_info: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """One nested MLflow run per model, parents first (children tag their parent's run),
+    each with its lineage.json."""
+    from shrinkflow import lineage
+    from shrinkflow.data import load_prepared
+    from shrinkflow.provenance import environment
+
+    env, meta = environment(), load_prepared(data.path).meta
     logged: dict[str, dict[str, str]] = {}
     for metrics in results:
         name = metrics.name
         model, onnx_art = models[name].result(), onnx[name].result()
+        chain = [lineage.model_entry(f.result(), kind, cfg.model_dump(mode="json"),
+                                     cfg.config_hash()) for kind, cfg, f in chains[name]]
+        quant = params.variants[name].onnx_quantize if name in params.variants else None
+        if quant is not None:
+            chain.append(lineage.step_entry("quantize", quant.model_dump(mode="json"),
+                                            quant.config_hash(), None,
+                                            calibration_fingerprint=onnx_art.calibration_fingerprint))
+        chain.append(lineage.step_entry("convert", params.convert.model_dump(mode="json"),
+                                        params.convert.config_hash(), None,
+                                        onnx_sha256=onnx_art.sha256, opset=onnx_art.opset))
+        parent_name = params.variants[name].from_ if name in params.variants else None
+        state, git = lineage_info["state"], lineage_info["git"]
+        record = lineage.build(
+            name, chain, model, onnx_art, data, meta,
+            {"name": parent_name, "run_id": logged[parent_name]["run_id"]} if parent_name
+            else None, lineage_info["dvc_data"],
+            {"git_commit": git["commit"], "git_dirty": git["dirty"],
+             "code_hash": state.code_hash}, env, params.config_hash(), run.run_id,
+            state.source_fingerprint)
         if name == "teacher":
             config = {"train": params.train.model_dump(mode="json")}
             parent_run = ""
@@ -225,7 +258,7 @@ def _log_models(run, params: Params, models, onnx, results: list[Metrics], data,
              f"{TAG}gate": "pass" if decision.verdicts[name].passed else "fail",
              f"{TAG}gate_reasons": "; ".join(decision.verdicts[name].reasons)[:4000],
              f"{TAG}pareto": str(decision.verdicts[name].on_frontier).lower(),
-             f"{TAG}selected": str(name == decision.selected).lower()})
+             f"{TAG}selected": str(name == decision.selected).lower()}, record)
     return logged
 
 
@@ -240,7 +273,8 @@ def _record(params: Params, ws: Workspace, failures: list[str]) -> dict[str, Any
     if not params_match_file(params, ws.root):
         return {"skipped": "params differ from params.yaml (--set/--params); dvc.lock would "
                            "not match them"}
-    return record.record(str(ws.root), params.base.dvc_push)
+    result = record.record(str(ws.root), params.base.dvc_push)
+    return {**result, "data": locked_out(ws.root, "data/prepared")}
 
 
 def run_pipeline(params: Params, workspace: str | Path = ".") -> PipelineResult:

@@ -280,6 +280,104 @@ def predict(model_uri: Annotated[str, typer.Argument(
         console.print(f"written: {out}")
 
 
+@app.command()
+@user_errors
+def audit(model_uri: Annotated[str | None, typer.Argument(
+              help="models:/NAME@ALIAS, models:/NAME/VERSION or a run id")] = None,
+          verify: Annotated[bool, typer.Option(
+              "--verify", help="recompute every hash; exit 1 on any MISMATCH or MISSING")] = False,
+          as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+          graph: Annotated[Path | None, typer.Option(
+              help="write the chain as a picture (.png) or Mermaid text (.mmd/.md)")] = None,
+          data: Annotated[str | None, typer.Option(
+              help="reverse query: versions derived from this data (hash or path)")] = None,
+          commit: Annotated[str | None, typer.Option(
+              help="reverse query: versions built from this git commit")] = None,
+          params: ParamsOpt = None, workspace: WorkspaceOpt = Path(".")):
+    """The full derivation chain of a registered model, with every hash verifiable."""
+    import json
+
+    from shrinkflow import audit as lib
+    from shrinkflow.config import tracking_uri
+    from shrinkflow.tracking import resolve_tracking_uri
+
+    config = _load(params, None, workspace)
+    uri = resolve_tracking_uri(tracking_uri(config), workspace.resolve())
+    if data or commit:
+        rows = lib.find_versions(uri, data, commit)
+        if as_json:
+            console.print_json(json.dumps(rows))
+            return
+        table = Table(title=f"registered versions from data={data or '*'} commit={commit or '*'}",
+                      title_justify="left")
+        for col in ("name", "version", "aliases", "variant", "data", "commit"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["name"], r["version"], ", ".join(r["aliases"]), r["variant"],
+                          r["data"], r["commit"])
+        console.print(table)
+        return
+    if model_uri is None:
+        raise ShrinkflowError("audit: give MODEL_URI (e.g. models:/shrinkflow-digits@champion), "
+                              "or --data / --commit for a reverse query")
+    report = lib.audit(uri, model_uri)
+    checks = lib.verify(report, workspace.resolve()) if verify else []
+    if as_json:
+        report["checks"] = [c.model_dump() for c in checks]
+        console.print_json(json.dumps(report, default=str))
+    else:
+        console.print(lib.render_tree(report))
+    if graph:
+        if graph.suffix == ".png":
+            lib.graph_png(report, graph)
+        else:
+            graph.write_text(lib.mermaid(report))
+        console.print(f"graph written: {graph}")
+    if verify and not as_json:
+        table = Table(title="verify", title_justify="left")
+        for col in ("item", "status", "detail"):
+            table.add_column(col)
+        colors = {"OK": "green", "INFO": "cyan"}
+        for c in checks:
+            table.add_row(c.item, f"[{colors.get(c.status, 'red')}]{c.status}[/]", c.detail)
+        console.print(table)
+    if any(c.status in ("MISMATCH", "MISSING") for c in checks):
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+@user_errors
+def reproduce(model_uri: Annotated[str, typer.Argument(
+                  help="models:/NAME@ALIAS, models:/NAME/VERSION or a run id")],
+              tolerance: Annotated[float, typer.Option(
+                  help="allowed absolute difference of accuracies")] = 0.005,
+              keep: Annotated[Path | None, typer.Option(
+                  help="keep the re-derivation workspace here")] = None,
+              params: ParamsOpt = None, workspace: WorkspaceOpt = Path(".")):
+    """Re-derive a model from its lineage and compare metrics with the recorded ones."""
+    from shrinkflow import audit as lib
+    from shrinkflow.config import tracking_uri
+    from shrinkflow.tracking import resolve_tracking_uri
+
+    config = _load(params, None, workspace)
+    uri = resolve_tracking_uri(tracking_uri(config), workspace.resolve())
+    ok, rows = lib.reproduce(uri, model_uri, workspace.resolve(), tolerance, keep)
+    table = Table(title=f"reproduce {model_uri} (tolerance {tolerance})", title_justify="left")
+    for col in ("model", "metric", "recorded", "reproduced", "diff", "ok"):
+        table.add_column(col)
+    for r in rows:
+        fmt = (lambda x: f"{x:.6g}" if isinstance(x, float) else str(x))  # noqa: E731
+        mark = ("[green]yes[/]" if r.get("info") else "[yellow]no[/]") if "info" in r else \
+            ("[green]ok[/]" if r["within"] else "[red]OFF[/]")
+        table.add_row(r["model"], r["metric"], fmt(r["recorded"]), fmt(r["reproduced"]),
+                      "" if r["diff"] is None else f"{r['diff']:+.3g}", mark)
+    console.print(table)
+    if not ok:
+        err_console.print("[bold red]reproduction outside tolerance[/]")
+        raise typer.Exit(EXIT_ERROR)
+    console.print("[green]reproduced within tolerance[/]")
+
+
 def _fmt(value: float | None, kind: str) -> str:
     if value is None:
         return "-"

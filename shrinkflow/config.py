@@ -454,3 +454,8 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     raw = read_yaml(Path(path)) if path is not None else {}
     raw = apply_overrides(raw, list(overrides or []))
     return parse_params(raw, source=str(path) if path is not None else "params")
+
+
+def yaml_dump(raw: dict[str, Any]) -> str:
+    """Params as YAML (key order kept), e.g. the effective params logged with a run."""
+    return yaml.safe_dump(raw, sort_keys=False)

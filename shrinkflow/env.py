@@ -25,6 +25,7 @@ TELEMETRY_OFF = {
     # A first start of Prefect's ephemeral server migrates its database: give it time.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "MLFLOW_LOGGING_LEVEL": "ERROR",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 

@@ -123,6 +123,10 @@ def log_artifact(ref: RunRef, path: str | Path, artifact_path: str | None = None
     client(ref.tracking_uri).log_artifact(ref.run_id, str(path), artifact_path=artifact_path)
 
 
+def log_text(ref: RunRef, text: str, name: str) -> None:
+    client(ref.tracking_uri).log_text(ref.run_id, text, name)
+
+
 def end_run(ref: RunRef, status: str = "FINISHED", error: str | None = None) -> None:
     """Terminate a run (FINISHED / FAILED / KILLED), recording why it failed."""
     c = client(ref.tracking_uri)
@@ -147,8 +151,9 @@ def _dataset(data: DataArtifact):
 
 def log_model_run(parent: RunRef, model: ModelArtifact, onnx_art: OnnxArtifact,
                   metrics: Metrics, data: DataArtifact, step_params: dict[str, Any],
-                  tags: dict[str, str]) -> dict[str, str]:
-    """One nested run for a model variant: params, metrics, ONNX model, checkpoint, dataset.
+                  tags: dict[str, str], lineage: dict[str, Any] | None = None) -> dict[str, str]:
+    """One nested run for a model variant: params, metrics, ONNX model, checkpoint, dataset,
+    and its ``lineage.json`` (completed with where MLflow stored the model).
 
     Returns ids a caller (and the registry) needs: run_id, model_id, model_uri.
     """
@@ -188,8 +193,28 @@ def log_model_run(parent: RunRef, model: ModelArtifact, onnx_art: OnnxArtifact,
                            model_id=info.model_id)
         mlflow.log_input(splits_x, context="test")
         c.log_artifact(run_id, model.path, artifact_path="checkpoint")
+        if lineage is not None:
+            from shrinkflow.lineage import ARTIFACT, dumps
+
+            location = f"{mlflow.get_logged_model(info.model_id).artifact_location}/model.onnx"
+            lineage["model"]["onnx"].update(mlflow_uri=info.model_uri, mlflow_location=location,
+                                            mlflow_sha256=_stored_sha256(location))
+            lineage["run_id"] = run_id
+            mlflow.log_text(dumps(lineage), ARTIFACT)
     return {"run_id": run_id, "model_id": info.model_id, "model_uri": info.model_uri,
             "onnx_sha256": onnx_art.sha256}
+
+
+def _stored_sha256(artifact_uri: str) -> str:
+    """sha256 of a file as MLflow stored it (the ONNX flavor re-serialises the model)."""
+    import tempfile
+
+    import mlflow
+
+    from shrinkflow.artifacts import file_sha256
+
+    with tempfile.TemporaryDirectory() as d:
+        return file_sha256(mlflow.artifacts.download_artifacts(artifact_uri, dst_path=d))
 
 
 def _logits_like(example: np.ndarray, proto) -> np.ndarray:

@@ -68,3 +68,55 @@ def record_outputs(root: str | Path, push: bool = True, remote: str | None = Non
     lock = root / "dvc.lock"
     return {"dvc_lock_sha256": file_sha256(lock) if lock.is_file() else "",
             "dvc_pushed": pushed}
+
+
+def locked_out(root: str | Path, path: str) -> dict[str, Any] | None:
+    """The entry dvc.lock records for output ``path`` (md5, size, nfiles), if any."""
+    import yaml
+
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if out.get("path") == path:
+                return {k: out[k] for k in ("path", "md5", "size", "nfiles") if k in out}
+    return None
+
+
+def object_stores(root: str | Path) -> list[tuple[str, Path]]:
+    """Where DVC keeps content by md5, nearest first: the workspace cache, then the
+    default remote when it is a local directory (``files/md5/<2>/<30>`` layout)."""
+    root = Path(root)
+    stores = [("dvc cache", root / ".dvc" / "cache" / "files" / "md5")]
+    try:
+        default = dvc(root, "remote", "default").strip()
+        for line in dvc(root, "remote", "list").splitlines():
+            name, _, url = line.strip().partition("\t")
+            url = url.strip() or line.split()[-1]
+            if name.strip() == default and "://" not in url:
+                base = Path(url).expanduser()
+                if not base.is_absolute():
+                    base = (root / ".dvc" / base).resolve()
+                stores.append((f"dvc remote '{default}'", base / "files" / "md5"))
+    except ShrinkflowError:
+        pass
+    return stores
+
+
+def find_object(stores: list[tuple[str, Path]], md5: str) -> tuple[str, Path] | None:
+    for label, base in stores:
+        path = base / md5[:2] / md5[2:]
+        if path.is_file():
+            return label, path
+    return None
+
+
+def md5_file(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

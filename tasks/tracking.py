@@ -21,8 +21,10 @@ def start_run(uri: str, experiment: str, artifact_location: str | None,
 
 @task(name="log-model", **_OPTS)
 def log_model(parent: RunRef, model: ModelArtifact, onnx: OnnxArtifact, metrics: Metrics,
-              data: DataArtifact, step_params: dict[str, Any], tags: dict[str, str]) -> dict:
-    return tracking.log_model_run(parent, model, onnx, metrics, data, step_params, tags)
+              data: DataArtifact, step_params: dict[str, Any], tags: dict[str, str],
+              lineage: dict[str, Any] | None = None) -> dict:
+    return tracking.log_model_run(parent, model, onnx, metrics, data, step_params, tags,
+                                  lineage)
 
 
 @task(name="end-run", **_OPTS)
@@ -31,7 +33,11 @@ def end_run(ref: RunRef, status: str, error: str | None = None) -> None:
 
 
 @task(name="tag-run", **_OPTS)
-def tag_run(ref: RunRef, tags: dict[str, str], artifact: str | None = None) -> None:
+def tag_run(ref: RunRef, tags: dict[str, str], artifact: str | None = None,
+            text: dict[str, str] | None = None) -> None:
+    """Tags, a file, and/or texts (name -> content) on a run."""
     tracking.set_tags(ref, tags)
     if artifact:
         tracking.log_artifact(ref, artifact)
+    for name, content in (text or {}).items():
+        tracking.log_text(ref, content, name)

@@ -8,6 +8,7 @@ a checkpoint: ``convert`` applies them (see ``shrinkflow.compress.quantize``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,5 +51,9 @@ STEP_FUNCTIONS: dict[str, StepFn] = {
 
 def run_step(parent: ModelArtifact, step: Section, data: DataArtifact, out_path: str | Path,
              threads: int = 2) -> ModelArtifact:
-    """Apply one torch-level step to ``parent``, writing a checkpoint to ``out_path``."""
-    return STEP_FUNCTIONS[step.kind](parent, step, data, out_path, threads)
+    """Apply one torch-level step to ``parent``, writing a checkpoint to ``out_path``;
+    the record's summary carries the step's wall time (``step_seconds``)."""
+    start = time.perf_counter()
+    out = STEP_FUNCTIONS[step.kind](parent, step, data, out_path, threads)
+    seconds = round(time.perf_counter() - start, 3)
+    return out.model_copy(update={"summary": {**out.summary, "step_seconds": seconds}})

@@ -55,7 +55,7 @@ def prefect_server(tmp_path, monkeypatch):
     port = _free_port()
     env = {**venv_env(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
                              "127.0.0.1", "--port", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -86,7 +86,7 @@ def test_serve_then_skip_then_recalibrate_only(prefect_server, tmp_path):
     url, env = prefect_server
     ws = make_workspace(tmp_path / "ws", tmp_path / "remote")
     write_params(ws, fast_overrides())
-    serve_log = open(tmp_path / "serve.log", "w")
+    serve_log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (closed in finally)
     serve = subprocess.Popen(
         [sys.executable, "-m", "shrinkflow.cli", "serve", "--cron", "0 3 * * *",
          "--workspace", str(ws)], env={**env, "PREFECT_API_URL": url}, cwd=ws,
