@@ -186,7 +186,7 @@ def graph_png(report: dict[str, Any], path: str | Path) -> None:
                 bbox={"boxstyle": "round", "fc": "#e8f0fe", "ec": "#3367d6"})
         if i:
             ax.annotate("", xy=(0.5, y + 0.3), xytext=(0.5, y + 0.7),
-                        arrowprops={"arrowstyle": "<-"})
+                        arrowprops={"arrowstyle": "->"})
     ax.set_xlim(0, 1)
     ax.set_ylim(0.3, len(boxes) + 0.7)
     ax.axis("off")

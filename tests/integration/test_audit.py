@@ -1,0 +1,134 @@
+"""Lineage audit on a real run: the chain teacher -> pr (prune, fine-tune) -> pr_q8
+(static int8), hash verification and tampering, reverse queries, reproduction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shrinkflow import audit
+from shrinkflow.config import load_params
+from tests.conftest import fast_overrides, make_workspace, write_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(prefect_harness, tmp_path_factory):
+    from flows.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("audit")
+    ws = make_workspace(root / "ws", root / "remote")
+    write_params(ws, fast_overrides(epochs=2))
+    result = run_pipeline(load_params(ws / "params.yaml"), ws)
+    return ws, f"sqlite:///{ws / 'mlflow.db'}", result
+
+
+def _statuses(checks):
+    return {c.item: c.status for c in checks}
+
+
+def test_audit_shows_every_link(run):
+    ws, uri, result = run
+    report = audit.audit(uri, result.models["pr_q8"]["run_id"])
+    models = report["models"]
+    assert [m["model"]["name"] for m in models] == ["pr_q8", "pr", "teacher"]
+    assert models[0]["parent"] == {"name": "pr", "run_id": result.models["pr"]["run_id"]}
+    assert models[1]["parent"]["run_id"] == result.models["teacher"]["run_id"]
+    assert [s["step"] for s in models[0]["chain"]] == ["train", "prune", "finetune",
+                                                       "quantize", "convert"]
+    assert all(len(s["config_hash"]) == 16 for s in models[0]["chain"])
+    assert models[0]["model"]["calibration_fingerprint"]
+    data = models[-1]["data"]
+    assert data["dvc"]["path"] == "data/prepared" and data["dvc"]["md5"].endswith(".dir")
+    assert len(models[0]["code"]["git_commit"]) == 40
+    assert "torch" in models[0]["environment"] and models[0]["environment"]["lock_hash"]
+
+    champion = audit.audit(uri, "models:/shrinkflow-digits@champion")
+    assert "champion" in champion["registered"]["aliases"]
+    assert champion["registered"]["events"][-1]["action"] == "champion"
+    assert "graph TD" in audit.mermaid(report)
+    audit.graph_png(report, ws / "chain.png")
+    assert (ws / "chain.png").stat().st_size > 1000
+
+
+def test_verify_passes_then_catches_one_changed_byte(run):
+    ws, uri, result = run
+    report = audit.audit(uri, result.models["pr_q8"]["run_id"])
+    checks = audit.verify(report, ws)
+    assert all(c.status == "OK" for c in checks), [c for c in checks if c.status != "OK"]
+    assert "pr_q8: calibration subset" in _statuses(checks)
+
+    # One byte of the stored ONNX model.
+    onnx_file = Path(report["models"][0]["model"]["onnx"]["mlflow_location"]
+                     .removeprefix("file://"))
+    original = onnx_file.read_bytes()
+    onnx_file.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        assert _statuses(audit.verify(report, ws))["pr_q8: ONNX model"] == "MISMATCH"
+    finally:
+        onnx_file.write_bytes(original)
+
+    # One byte of the prepared data, in the DVC cache and in the workspace.
+    from shrinkflow.versioning import find_object, object_stores
+
+    dir_md5 = report["models"][-1]["data"]["dvc"]["md5"]
+    listing = json.loads(find_object(object_stores(ws), dir_md5)[1].read_text())
+    md5 = next(e["md5"] for e in listing if e["relpath"] == "x_test.npy")
+    cached = ws / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    backup = cached.read_bytes()
+    cached.chmod(0o644)
+    cached.write_bytes(backup[:-1] + bytes([backup[-1] ^ 1]))
+    workspace_copy = ws / "data" / "prepared" / "x_test.npy"
+    ws_backup = workspace_copy.read_bytes()
+    workspace_copy.write_bytes(ws_backup[:-1] + bytes([ws_backup[-1] ^ 1]))
+    try:
+        statuses = _statuses(audit.verify(report, ws))
+        assert statuses["data (DVC)"] == "MISMATCH"
+        assert statuses["data (workspace)"] == "MISMATCH"
+    finally:
+        cached.write_bytes(backup)
+        workspace_copy.write_bytes(ws_backup)
+
+
+def test_reverse_queries_find_exactly_the_right_versions(run):
+    ws, uri, result = run
+    report = audit.audit(uri, "models:/shrinkflow-digits@champion")
+    data = report["models"][-1]["data"]
+    commit = report["models"][0]["code"]["git_commit"]
+    version = report["registered"]["version"]
+    for query in (data["fingerprint"], data["fingerprint"][:12], data["dvc"]["md5"],
+                  str(ws / "data" / "prepared")):
+        assert [r["version"] for r in audit.find_versions(uri, data=query)] == [version], query
+    assert audit.find_versions(uri, data="0" * 12) == []
+    assert [r["version"] for r in audit.find_versions(uri, commit=commit[:10])] == [version]
+    assert audit.find_versions(uri, commit="deadbeef") == []
+
+
+def test_reproduce_matches_within_tolerance(run):
+    ws, uri, _ = run
+    ok, rows = audit.reproduce(uri, "models:/shrinkflow-digits@champion", ws)
+    assert ok, [r for r in rows if not r["within"]]
+    assert {r["metric"] for r in rows} >= {"onnx_test_accuracy", "size_bytes"}
+    # Deterministic training on one machine: the very same ONNX bytes.
+    assert all(r["info"] for r in rows if "info" in r)
+
+
+def test_reproduce_reports_differences_past_tolerance(run):
+    ws, uri, _ = run
+    from shrinkflow.tracking import client
+
+    c = client(uri)
+    champion = c.get_model_version_by_alias("shrinkflow-digits", "champion")
+    run_id = champion.tags["shrinkflow.model_run_id"]
+    c.log_metric(run_id, "onnx_test_accuracy", 0.5)  # a recorded number that is now wrong
+    try:
+        ok, rows = audit.reproduce(uri, "models:/shrinkflow-digits@champion", ws)
+        assert not ok
+        bad = [r for r in rows if not r["within"]]
+        assert bad and bad[0]["metric"] == "onnx_test_accuracy"
+    finally:
+        original = c.get_metric_history(run_id, "onnx_test_accuracy")[0].value
+        c.log_metric(run_id, "onnx_test_accuracy", original)
