@@ -17,13 +17,18 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (sha256 for our records, md5 for DVC's)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    return file_digest(path)
 
 
 def dir_sha256(path: str | Path) -> str:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shrinkflow.artifacts import file_sha256
+from shrinkflow.artifacts import file_digest, file_sha256
 from shrinkflow.config import Params, parse_params, read_yaml
 from shrinkflow.errors import ShrinkflowError
 
@@ -113,10 +113,5 @@ def find_object(stores: list[tuple[str, Path]], md5: str) -> tuple[str, Path] | 
 
 
 def md5_file(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """md5 of a file, as DVC names its cache objects."""
+    return file_digest(path, "md5")
