@@ -166,7 +166,8 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
         reused, computed = steps.report()
         tracking.tag_run(run, {f"{TAG}reused": ",".join(reused)[:5000],
                                f"{TAG}computed": ",".join(computed)[:5000],
-                               f"{TAG}dvc_lock_sha256": dvc.get("dvc_lock_sha256", "")},
+                               f"{TAG}dvc_lock_sha256": dvc.get("dvc_lock_sha256", ""),
+                               f"{TAG}dvc_data_md5": (dvc.get("data") or {}).get("md5", "")},
                          artifact=str(ws.validate_metrics))
         if failures:
             raise GateFailure(failures)
@@ -253,6 +254,9 @@ def _log_models(run, params: Params, models, onnx, results: list[Metrics], data,
              f"{TAG}parent_run_id": parent_run,
              f"{TAG}variant_config_hash": params.variants[name].config_hash()
              if name in params.variants else params.train.config_hash(),
+             # An ORT-quantized variant's last step is quantize (its checkpoint is the float
+             # parent's).
+             **({f"{TAG}step": "quantize"} if quant is not None else {}),
              f"{TAG}quantization": onnx_art.quantization,
              f"{TAG}calibration_fingerprint": onnx_art.calibration_fingerprint,
              f"{TAG}gate": "pass" if decision.verdicts[name].passed else "fail",
