@@ -69,9 +69,18 @@ def stage_main(run: Callable[[Params, Workspace], Any], argv: list[str] | None =
     except ShrinkflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if result is not None:
-        print(result.model_dump_json(indent=None) if hasattr(result, "model_dump_json") else result)
+    _report(result)
     return 0
+
+
+def _report(result: Any) -> None:
+    """One short line per stage output (the files hold the details)."""
+    items = result if isinstance(result, list) else [result]
+    for item in items:
+        if hasattr(item, "path") and hasattr(item, "sha256"):
+            print(f"wrote {item.path} (sha256 {item.sha256[:16]})")
+    if isinstance(result, dict):
+        print(f"validated: {', '.join(result)}")
 
 
 def chain_step_task(kind: str):
