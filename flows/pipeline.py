@@ -26,6 +26,7 @@ from shrinkflow.variants import derivation_keys, stale_outputs, torch_steps
 from shrinkflow.versioning import is_dvc_workspace, locked_out, params_match_file
 from shrinkflow.workspace import Workspace
 from tasks import distill, finetune, prune, quantize, record, registry, tracking
+from tasks._common import set_parallel_steps
 from tasks.changes import inputs_state
 from tasks.compress import publish
 from tasks.convert import convert
@@ -86,7 +87,7 @@ class _Steps:
         return reused, computed
 
 
-@flow(name="shrinkflow", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="shrinkflow", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=16))
 def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
     """Prepare the data, train the teacher, derive every variant, convert and validate all."""
     logger = get_run_logger()
@@ -101,6 +102,7 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
                         f"{TAG}params_hash": params.config_hash(), **state.tags()})
     steps = _Steps()
     threads = params.base.torch_threads
+    set_parallel_steps(params.base.parallel_steps)
     try:
         data_f = steps.submit("prepare", prepare, ws.data_dir, params.prepare, str(ws.data_dir))
         data = data_f.result()
@@ -124,10 +126,12 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
             quant = params.variants[name].onnx_quantize if name in params.variants else None
             onnx[name] = steps.submit(f"{name}:convert", convert, ws.onnx(name), model,
                                       params.convert, str(ws.onnx(name)), data, quant)
-        # Latency is measured one model at a time: validation never runs concurrently.
+        # Latency is measured one model at a time, after all compute has finished:
+        # validation never runs concurrently with anything.
+        for future in onnx.values():
+            future.result()  # raises the step's own error if a chain failed
         results: list[Metrics] = []
         for name in models:
-            onnx[name].result()  # raises the step's own error if a chain failed
             teacher_values = results[0].values if results else None
             future = steps.submit(f"{name}:validate", validate, None,
                                   models[name], onnx[name], data, params.validate_,

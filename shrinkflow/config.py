@@ -40,6 +40,9 @@ class BaseParams(Section):
     dvc_push: bool = True
     # Intra-op threads for training; fixed so results are repeatable on one machine.
     torch_threads: int = Field(2, ge=1, le=256)
+    # Compute steps (train, compress steps, convert) of independent variants that run at
+    # once; tasks waiting for their parent do not hold a slot.
+    parallel_steps: int = Field(2, ge=1, le=64)
 
 
 class PrepareParams(Section):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
@@ -28,6 +30,23 @@ class LibrarySource(CachePolicy):
 # A re-run with the same inputs, wrapper and library code returns the stored record
 # instead of recomputing.
 STEP_CACHE = INPUTS + TASK_SOURCE + LibrarySource()
+
+
+# Prefect's thread pool is large (a task waiting on its parent holds a thread), so the
+# number of compute steps running at once is bounded here instead, by the flow.
+_slots = threading.BoundedSemaphore(2)
+
+
+def set_parallel_steps(n: int) -> None:
+    global _slots
+    _slots = threading.BoundedSemaphore(n)
+
+
+@contextlib.contextmanager
+def compute_slot() -> Iterator[None]:
+    slots = _slots
+    with slots:
+        yield
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:
@@ -93,7 +112,8 @@ def chain_step_task(kind: str):
 
     def step_fn(parent: ModelArtifact, step: Any, data: DataArtifact, out_path: str,
                 threads: int) -> ModelArtifact:
-        return run_step(parent, step, data, out_path, threads)
+        with compute_slot():
+            return run_step(parent, step, data, out_path, threads)
 
     step_fn.__name__ = step_fn.__qualname__ = kind
     step_fn.__doc__ = f"Compression step {kind!r}: shrinkflow.compress.run_step."

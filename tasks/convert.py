@@ -13,13 +13,14 @@ from shrinkflow.config import ConvertParams, Params, QuantizeStep
 from shrinkflow.data import data_record
 from shrinkflow.models import model_record
 from shrinkflow.workspace import Workspace
-from tasks._common import STEP_OPTIONS, stage_main
+from tasks._common import STEP_OPTIONS, compute_slot, stage_main
 
 
 @task(name="convert", **STEP_OPTIONS)
 def convert(model: ModelArtifact, params: ConvertParams, out_path: str,
             data: DataArtifact | None = None, quantize: QuantizeStep | None = None) -> OnnxArtifact:
-    return export.convert(model, params, out_path, data, quantize)
+    with compute_slot():
+        return export.convert(model, params, out_path, data, quantize)
 
 
 def _stage(p: Params, ws: Workspace) -> list[OnnxArtifact]:

@@ -10,12 +10,13 @@ from shrinkflow import training
 from shrinkflow.artifacts import DataArtifact, ModelArtifact
 from shrinkflow.config import TrainParams
 from shrinkflow.data import data_record
-from tasks._common import STEP_OPTIONS, stage_main
+from tasks._common import STEP_OPTIONS, compute_slot, stage_main
 
 
 @task(name="train", **STEP_OPTIONS)
 def train(params: TrainParams, data: DataArtifact, out_path: str, threads: int) -> ModelArtifact:
-    return training.train(params, data, out_path, threads)
+    with compute_slot():
+        return training.train(params, data, out_path, threads)
 
 
 def main() -> int:
