@@ -6,30 +6,71 @@ import contextlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
 from shrinkflow.config import Params, load_params
 from shrinkflow.errors import ShrinkflowError
-from shrinkflow.provenance import code_hash
 from shrinkflow.workspace import Workspace
 
+# The library code each stage runs: exactly the shrinkflow/ deps of its dvc.yaml stage
+# (a test checks), so Prefect's cache and DVC invalidate on the same edits.
+STEP_SOURCES: dict[str, tuple[str, ...]] = {
+    "prepare": ("shrinkflow/artifacts.py", "shrinkflow/data.py"),
+    "train": ("shrinkflow/artifacts.py", "shrinkflow/data.py", "shrinkflow/models.py",
+              "shrinkflow/training.py"),
+    "compress": ("shrinkflow/artifacts.py", "shrinkflow/compress", "shrinkflow/data.py",
+                 "shrinkflow/distill.py", "shrinkflow/models.py", "shrinkflow/training.py",
+                 "shrinkflow/variants.py"),
+    "convert": ("shrinkflow/artifacts.py", "shrinkflow/compress/quantize.py",
+                "shrinkflow/data.py", "shrinkflow/export.py", "shrinkflow/models.py"),
+    "validate": ("shrinkflow/artifacts.py", "shrinkflow/data.py", "shrinkflow/models.py",
+                 "shrinkflow/training.py", "shrinkflow/validate.py"),
+}
 
+
+def source_hash(sources: tuple[str, ...]) -> str:
+    """sha256 (16 hex) of the library files/directories ``sources`` (``shrinkflow/...``),
+    read from wherever the package is installed."""
+    import hashlib
+    from pathlib import Path
+
+    import shrinkflow
+
+    root = Path(shrinkflow.__file__).parent
+    h = hashlib.sha256()
+    for source in sorted(sources):
+        path = root / source.removeprefix("shrinkflow/")
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
 class LibrarySource(CachePolicy):
-    """Changes when any source file of the library changes.
+    """Changes when the library code a step runs changes (TASK_SOURCE alone only sees the
+    thin wrapper; the logic lives in ``shrinkflow/``)."""
 
-    TASK_SOURCE alone only sees the thin wrapper; the logic lives in ``shrinkflow/``.
-    """
+    sources: tuple[str, ...] = ()
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        return code_hash(("shrinkflow",))
+        return source_hash(self.sources)
 
 
-# A re-run with the same inputs, wrapper and library code returns the stored record
-# instead of recomputing.
-STEP_CACHE = INPUTS + TASK_SOURCE + LibrarySource()
+def step_options(stage: str) -> dict[str, Any]:
+    """Task options of a cached step: a re-run with the same inputs, wrapper and library
+    code returns the stored record instead of recomputing."""
+    return {
+        "cache_policy": INPUTS + TASK_SOURCE + LibrarySource(STEP_SOURCES[stage]),
+        "persist_result": True,
+        "retries": 1,
+        "retry_delay_seconds": 2,
+        "retry_condition_fn": retry_unless_user_error,
+    }
 
 
 # Prefect's thread pool is large (a task waiting on its parent holds a thread), so the
@@ -58,15 +99,6 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     except Exception:
         return True
     return False
-
-
-STEP_OPTIONS: dict[str, Any] = {
-    "cache_policy": STEP_CACHE,
-    "persist_result": True,
-    "retries": 1,
-    "retry_delay_seconds": 2,
-    "retry_condition_fn": retry_unless_user_error,
-}
 
 
 def stage_main(run: Callable[[Params, Workspace], Any], argv: list[str] | None = None) -> int:
@@ -117,4 +149,4 @@ def chain_step_task(kind: str):
 
     step_fn.__name__ = step_fn.__qualname__ = kind
     step_fn.__doc__ = f"Compression step {kind!r}: shrinkflow.compress.run_step."
-    return task(name=kind, **STEP_OPTIONS)(step_fn)
+    return task(name=kind, **step_options("compress"))(step_fn)

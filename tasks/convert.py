@@ -13,10 +13,10 @@ from shrinkflow.config import ConvertParams, Params, QuantizeStep
 from shrinkflow.data import data_record
 from shrinkflow.models import model_record
 from shrinkflow.workspace import Workspace
-from tasks._common import STEP_OPTIONS, compute_slot, stage_main
+from tasks._common import compute_slot, stage_main, step_options
 
 
-@task(name="convert", **STEP_OPTIONS)
+@task(name="convert", **step_options("convert"))
 def convert(model: ModelArtifact, params: ConvertParams, out_path: str,
             data: DataArtifact | None = None, quantize: QuantizeStep | None = None) -> OnnxArtifact:
     with compute_slot():

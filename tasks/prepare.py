@@ -9,10 +9,10 @@ from prefect import task
 from shrinkflow import data
 from shrinkflow.artifacts import DataArtifact
 from shrinkflow.config import PrepareParams
-from tasks._common import STEP_OPTIONS, stage_main
+from tasks._common import stage_main, step_options
 
 
-@task(name="prepare", **STEP_OPTIONS)
+@task(name="prepare", **step_options("prepare"))
 def prepare(params: PrepareParams, out_dir: str) -> DataArtifact:
     return data.prepare(params, out_dir)
 

@@ -10,10 +10,10 @@ from shrinkflow import training
 from shrinkflow.artifacts import DataArtifact, ModelArtifact
 from shrinkflow.config import TrainParams
 from shrinkflow.data import data_record
-from tasks._common import STEP_OPTIONS, compute_slot, stage_main
+from tasks._common import compute_slot, stage_main, step_options
 
 
-@task(name="train", **STEP_OPTIONS)
+@task(name="train", **step_options("train"))
 def train(params: TrainParams, data: DataArtifact, out_path: str, threads: int) -> ModelArtifact:
     with compute_slot():
         return training.train(params, data, out_path, threads)

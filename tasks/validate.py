@@ -14,10 +14,10 @@ from shrinkflow.errors import GateFailure
 from shrinkflow.export import onnx_record
 from shrinkflow.models import model_record
 from shrinkflow.workspace import Workspace
-from tasks._common import STEP_OPTIONS, stage_main
+from tasks._common import stage_main, step_options
 
 
-@task(name="validate", **STEP_OPTIONS)
+@task(name="validate", **step_options("validate"))
 def validate(model: ModelArtifact, onnx: OnnxArtifact, data: DataArtifact,
              params: ValidateParams, teacher: dict[str, float] | None = None) -> Metrics:
     return lib.validate(model, onnx, data, params, teacher)

@@ -67,3 +67,27 @@ def test_outs_are_the_workspace_paths():
     assert DVC["train"]["outs"] == [rel(ws.checkpoint("teacher"))]
     assert DVC["convert"]["outs"] == [rel(ws.onnx("teacher").parent)]
     assert DVC["validate"]["metrics"] == [rel(ws.validate_metrics)]
+
+
+def test_prefect_cache_and_dvc_watch_the_same_library_code():
+    from tasks._common import STEP_SOURCES
+
+    for name in DVC:
+        deps = {d for d in _stage(name)["deps"] if d.startswith("shrinkflow")}
+        assert deps == set(STEP_SOURCES[name]), name
+
+
+def test_library_source_hash_changes_with_a_listed_file_only(tmp_path, monkeypatch):
+    import shutil
+
+    import shrinkflow
+    from tasks._common import source_hash
+
+    copy = tmp_path / "shrinkflow"
+    shutil.copytree(REPO / "shrinkflow", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(shrinkflow, "__file__", str(copy / "__init__.py"))
+    before = source_hash(("shrinkflow/training.py",))
+    (copy / "cli.py").write_text("# unrelated edit\n")
+    assert source_hash(("shrinkflow/training.py",)) == before
+    (copy / "training.py").write_text((copy / "training.py").read_text() + "\n# edit\n")
+    assert source_hash(("shrinkflow/training.py",)) != before
