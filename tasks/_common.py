@@ -65,7 +65,7 @@ def step_options(stage: str) -> dict[str, Any]:
     """Task options of a cached step: a re-run with the same inputs, wrapper and library
     code returns the stored record instead of recomputing."""
     return {
-        "cache_policy": INPUTS + TASK_SOURCE + LibrarySource(STEP_SOURCES[stage]),
+        "cache_policy": INPUTS + TASK_SOURCE + LibrarySource(sources=STEP_SOURCES[stage]),
         "persist_result": True,
         "retries": 1,
         "retry_delay_seconds": 2,
