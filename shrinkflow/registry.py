@@ -242,6 +242,7 @@ def promote(uri: str, name: str, version: str | None, params: Params, command: s
         old = get_alias(c, name, CHAMPION)
         before = str(old.version) if old is not None else None
         if old is not None and str(old.version) == version:
+            record_event(c, name, version, "kept", command, "already the champion")
             return Promotion(name=name, version=version, promoted=False,
                              reason="already the champion", champion_before=before,
                              champion_after=before)
