@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from shrinkflow.artifacts import Metrics
 from shrinkflow.config import Params, tracking_uri, yaml_dump
+from shrinkflow.data import resolve_source
 from shrinkflow.errors import GateFailure
 from shrinkflow.provenance import git_info
 from shrinkflow.tracking import TAG, RunRef, resolve_tracking_uri
@@ -95,7 +96,7 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
     git = git_info(ws.root)
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
     code_tags = {f"{TAG}git_commit": git["commit"], f"{TAG}git_dirty": git["dirty"]}
-    state = inputs_state(params)  # data, code and params identity: what a rerun compares
+    state = inputs_state(params, str(ws.root))  # data/code/params identity a rerun compares
     run = tracking.start_run(
         uri, params.base.experiment, ws.resolve(params.base.artifact_location).as_uri(),
         params.dump(), {**code_tags, "mlflow.source.git.commit": git["commit"],
@@ -104,7 +105,8 @@ def pipeline(params: Params, workspace: str = ".") -> PipelineResult:
     threads = params.base.torch_threads
     set_parallel_steps(params.base.parallel_steps)
     try:
-        data_f = steps.submit("prepare", prepare, ws.data_dir, params.prepare, str(ws.data_dir))
+        source = resolve_source(params.prepare, ws.root)  # relative paths mean the workspace
+        data_f = steps.submit("prepare", prepare, ws.data_dir, source, str(ws.data_dir))
         data = data_f.result()
         tracking.tag_run(run, {f"{TAG}data_fingerprint": data.fingerprint,
                                f"{TAG}dataset": data.dataset})

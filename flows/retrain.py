@@ -39,7 +39,7 @@ def retrain(workspace: str = ".", params_file: str = "params.yaml") -> RetrainRe
     ws = Workspace.at(workspace)
     params = load_params(ws.resolve(params_file))
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
-    check = what_changed(params, uri)
+    check = what_changed(params, uri, str(ws.root))
     if not check["changed"]:
         reason = f"skipped: nothing changed since {check['against']}"
         logger.info(reason)

@@ -9,12 +9,13 @@ change invalidates.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from shrinkflow.config import Params
-from shrinkflow.data import source_fingerprint
+from shrinkflow.data import resolve_source, source_fingerprint
 from shrinkflow.provenance import code_hash
 from shrinkflow.tracking import TAG
 
@@ -45,8 +46,8 @@ def section_hashes(params: Params) -> dict[str, str]:
     return out
 
 
-def current_state(params: Params) -> InputsState:
-    return InputsState(source_fingerprint=source_fingerprint(params.prepare),
+def current_state(params: Params, root: str | Path = ".") -> InputsState:
+    return InputsState(source_fingerprint=source_fingerprint(resolve_source(params.prepare, root)),
                        code_hash=code_hash(), params_hash=params.config_hash(),
                        sections=section_hashes(params))
 
@@ -94,10 +95,10 @@ def recorded_states(uri: str, experiment: str, model_name: str) -> list[tuple[st
     return found
 
 
-def what_changed(params: Params, uri: str) -> dict[str, Any]:
+def what_changed(params: Params, uri: str, root: str | Path = ".") -> dict[str, Any]:
     """``{"changed": [...], "against": label, "state": InputsState}``; ``changed`` is
     empty when the current inputs equal a recorded run's (nothing to do)."""
-    state = current_state(params)
+    state = current_state(params, root)
     recorded = recorded_states(uri, params.base.experiment, params.registered_model_name())
     if not recorded:
         return {"changed": ["no previous run"], "against": None, "state": state}

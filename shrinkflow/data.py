@@ -231,7 +231,8 @@ def prepare(params: PrepareParams, out_dir: str | Path) -> DataArtifact:
     mean, std = float(train01.mean()), float(train01.std() or 1.0)
     meta = {
         "dataset": params.dataset,
-        "source": params.path,
+        # The file name only: an absolute path would make the bytes differ per checkout.
+        "source": Path(params.path).name if params.path else None,
         "classes": raw.classes,
         "num_classes": n_classes,
         "input_shape": list(raw.x.shape[1:]),
@@ -300,6 +301,14 @@ def normalize(x: np.ndarray, meta: dict) -> np.ndarray:
     """Apply a prepared dataset's normalisation to raw images (same dtype rules)."""
     x = np.asarray(x, dtype=np.float32) / np.float32(meta["scale"])
     return (x - np.float32(meta["mean"])) / np.float32(meta["std"])
+
+
+def resolve_source(params: PrepareParams, root: str | Path) -> PrepareParams:
+    """``prepare.path`` made absolute against the workspace (params.yaml's relative paths
+    mean the workspace, whatever the process's working directory)."""
+    if params.path and not Path(params.path).expanduser().is_absolute():
+        return params.model_copy(update={"path": str(Path(root) / params.path)})
+    return params
 
 
 def source_files(params: PrepareParams) -> list[Path]:

@@ -11,10 +11,10 @@ from shrinkflow.config import Params
 
 
 @task(name="inputs-state")
-def inputs_state(params: Params) -> changes.InputsState:
-    return changes.current_state(params)
+def inputs_state(params: Params, root: str) -> changes.InputsState:
+    return changes.current_state(params, root)
 
 
 @task(name="what-changed", retries=2, retry_delay_seconds=3)
-def what_changed(params: Params, uri: str) -> dict[str, Any]:
-    return changes.what_changed(params, uri)
+def what_changed(params: Params, uri: str, root: str) -> dict[str, Any]:
+    return changes.what_changed(params, uri, root)

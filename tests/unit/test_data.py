@@ -121,3 +121,11 @@ def test_load_prepared_without_prepare_is_a_clear_error(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"x": 1})[:-2])
     with pytest.raises(ShrinkflowError, match="corrupt"):
         data.load_prepared(tmp_path)
+
+
+def test_relative_source_paths_mean_the_workspace(tmp_path):
+    rel = data.resolve_source(PrepareParams(dataset="npz", path="data/raw/x.npz"), tmp_path)
+    assert rel.path == str(tmp_path / "data/raw/x.npz")
+    absolute = PrepareParams(dataset="npz", path="/abs/x.npz")
+    assert data.resolve_source(absolute, tmp_path) == absolute
+    assert data.resolve_source(PrepareParams(), tmp_path) == PrepareParams()
