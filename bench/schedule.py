@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +87,7 @@ def _workspace(tmp: Path) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "schedule")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary workspace and logs")
     args = ap.parse_args()
 
     sys.path.insert(0, str(REPO))
@@ -183,7 +185,11 @@ def main() -> int:
         "wall_s: `run_deployment` call to finished state; flow_run_s: the flow run's own time.",
     ]
     (args.out / "schedule.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'schedule.md'} (workspace and logs in {tmp})")
+    if args.keep:
+        print(f"workspace and logs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {args.out / 'schedule.md'}")
     return 0
 
 
