@@ -33,8 +33,6 @@ class RetrainResult(BaseModel):
 def retrain(workspace: str = ".", params_file: str = "params.yaml") -> RetrainResult:
     """Skip when nothing changed since the champion (or the last finished run); else
     run the pipeline, whose cache recomputes only what the change invalidates."""
-    from flows.pipeline import run_pipeline
-
     logger = get_run_logger()
     ws = Workspace.at(workspace)
     params = load_params(ws.resolve(params_file))
@@ -45,6 +43,8 @@ def retrain(workspace: str = ".", params_file: str = "params.yaml") -> RetrainRe
         logger.info(reason)
         return RetrainResult(status="skipped", reason=reason)
     logger.info("changed since %s: %s", check["against"] or "-", ", ".join(check["changed"]))
+    from flows.pipeline import run_pipeline  # torch, ONNX, ...: a skipped run never loads them
+
     result = run_pipeline(params, ws.root)
     logger.info("reused %d step(s) from the cache; recomputed: %s", len(result.reused),
                 ", ".join(result.computed) or "nothing")
