@@ -137,7 +137,7 @@ def main() -> int:
 
         def trigger(label: str) -> None:
             start = time.perf_counter()
-            flow_run = run_deployment(DEPLOYMENT, timeout=3600)
+            flow_run = run_deployment(DEPLOYMENT, timeout=3600, poll_interval=1)
             wall = time.perf_counter() - start
             if not flow_run.state.is_completed():
                 raise SystemExit(f"{label}: flow run ended {flow_run.state.name}; see {tmp}/serve.log")
