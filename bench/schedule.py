@@ -16,13 +16,10 @@ import argparse
 import csv
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,45 +27,6 @@ DEPLOYMENT = "shrinkflow-retrain/nightly"
 # The one quantization step the third run changes (variant p80_ft_q8 in params.yaml).
 QUANT_BEFORE = "- quantize: {method: static, calibrator: minmax, per_channel: true}"
 QUANT_AFTER = "- quantize: {method: static, calibrator: entropy, per_channel: true}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what}: process exited with {proc.returncode}")
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-    )
 
 
 def _workspace(tmp: Path) -> Path:
@@ -84,6 +42,21 @@ def _workspace(tmp: Path) -> Path:
     return ws
 
 
+def _row(label: str, flow_run, wall: float) -> dict:
+    result = flow_run.state.result()
+    return {
+        "run": label,
+        "result": result.status,
+        "wall_s": round(wall, 1),
+        "flow_run_s": round(flow_run.total_run_time.total_seconds(), 1),
+        "changed": " ".join(result.changed) or "-",
+        "recomputed": len(result.computed),
+        "reused": len(result.reused),
+        "teacher_retrained": "train" in result.computed,
+        "recomputed_steps": " ".join(result.computed[:6]) + (" …" if len(result.computed) > 6 else ""),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "schedule")
@@ -97,84 +70,41 @@ def main() -> int:
     if QUANT_BEFORE not in (REPO / "params.yaml").read_text():
         raise SystemExit(f"params.yaml: no line '{QUANT_BEFORE}'; update QUANT_BEFORE in {__file__}")
 
-    tmp = Path(tempfile.mkdtemp(prefix="shrinkflow-schedule-"))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": ""}
-    ws = _workspace(tmp)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=open(tmp / "server.log", "w"),  # noqa: SIM115 (lives as long as the process)
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    serve = None
-    rows: list[dict] = []
-    try:
-        def healthy() -> bool:
-            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+    from shrinkflow.localserver import prefect_server, serving
 
-        _wait(healthy, 180, "the Prefect server", server)
+    tmp = Path(tempfile.mkdtemp(prefix="shrinkflow-schedule-"))
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home")}
+    ws = _workspace(tmp)
+    rows: list[dict] = []
+    with prefect_server(env, tmp / "server.log") as url:
         os.environ["PREFECT_API_URL"] = url
         os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "shrinkflow.cli", "serve", "--workspace", str(ws)],
-            env={**env, "PREFECT_API_URL": url},
-            cwd=ws,
-            stdout=open(tmp / "serve.log", "w"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        from prefect.client.orchestration import get_client
-        from prefect.deployments import run_deployment
+        with serving(ws, url, DEPLOYMENT, env, tmp / "serve.log"):
+            from prefect.deployments import run_deployment
 
-        def deployed() -> bool:
-            with get_client(sync_client=True) as client:
-                return client.read_deployment_by_name(DEPLOYMENT) is not None
+            def trigger(label: str) -> None:
+                start = time.perf_counter()
+                flow_run = run_deployment(DEPLOYMENT, timeout=3600, poll_interval=1)
+                wall = time.perf_counter() - start
+                if not flow_run.state.is_completed():
+                    state = flow_run.state.name
+                    raise SystemExit(f"{label}: flow run ended {state}; see {tmp}/serve.log")
+                rows.append(_row(label, flow_run, wall))
+                print(rows[-1], flush=True)
 
-        _wait(deployed, 180, "the served deployment", serve)
-
-        def trigger(label: str) -> None:
-            start = time.perf_counter()
-            flow_run = run_deployment(DEPLOYMENT, timeout=3600, poll_interval=1)
-            wall = time.perf_counter() - start
-            if not flow_run.state.is_completed():
-                raise SystemExit(f"{label}: flow run ended {flow_run.state.name}; see {tmp}/serve.log")
-            result = flow_run.state.result()
-            rows.append(
-                {
-                    "run": label,
-                    "result": result.status,
-                    "wall_s": round(wall, 1),
-                    "flow_run_s": round(flow_run.total_run_time.total_seconds(), 1),
-                    "changed": " ".join(result.changed) or "-",
-                    "recomputed": len(result.computed),
-                    "reused": len(result.reused),
-                    "teacher_retrained": "train" in result.computed,
-                    "recomputed_steps": " ".join(result.computed[:6])
-                    + (" …" if len(result.computed) > 6 else ""),
-                }
-            )
-            print(rows[-1], flush=True)
-
-        trigger("first (cold step cache)")
-        trigger("unchanged")
-        params = ws / "params.yaml"
-        params.write_text(params.read_text().replace(QUANT_BEFORE, QUANT_AFTER))
-        trigger("only p80_ft_q8's calibrator changed")
-        trigger("unchanged again")
-    finally:
-        if serve is not None:
-            _stop(serve)
-        _stop(server)
+            trigger("first (cold step cache)")
+            trigger("unchanged")
+            params = ws / "params.yaml"
+            params.write_text(params.read_text().replace(QUANT_BEFORE, QUANT_AFTER))
+            trigger("only p80_ft_q8's calibrator changed")
+            trigger("unchanged again")
 
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "schedule.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    cols = [*(c for c in rows[0] if c != "changed")]
+    cols = [c for c in rows[0] if c != "changed"]
     lines = [
         "# shrinkflow scheduled runs (real Prefect server, `shrinkflow serve`, default params.yaml)",
         "",
