@@ -1,1 +1,3 @@
-"""Prefect flows: wiring only (which tasks, in which order, with which params)."""
+"""``shrinkflow.flows``: the Prefect flows (source in the repository's top-level
+``flows/``): ``pipeline`` (one run of the plan) and ``retrain`` (scheduled: skip when
+nothing changed). They only wire tasks; the logic is in the library."""

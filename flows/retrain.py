@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
-from shrinkflow.config import load_params, tracking_uri
-from shrinkflow.tracking import resolve_tracking_uri
-from shrinkflow.workspace import Workspace
-from tasks.changes import what_changed
+from shrinkflow.core.workspace import Workspace
+from shrinkflow.ops import changes
+from shrinkflow.ops.tracking import resolve_tracking_uri
+from shrinkflow.plan.params import load_params, tracking_uri
 
 
 class RetrainResult(BaseModel):
@@ -27,6 +27,11 @@ class RetrainResult(BaseModel):
     run_id: str | None = None
     selected: str | None = None
     promotion: dict[str, Any] = Field(default_factory=dict)
+
+
+@task(name="what-changed", retries=2, retry_delay_seconds=3)
+def what_changed(params, uri: str, root: str) -> dict[str, Any]:
+    return changes.what_changed(params, uri, root)
 
 
 @flow(name="shrinkflow-retrain", log_prints=False, persist_result=True)
@@ -43,12 +48,12 @@ def retrain(workspace: str = ".", params_file: str = "params.yaml") -> RetrainRe
         logger.info(reason)
         return RetrainResult(status="skipped", reason=reason)
     logger.info("changed since %s: %s", check["against"] or "-", ", ".join(check["changed"]))
-    from flows.pipeline import run_pipeline  # torch, ONNX, ...: a skipped run never loads them
+    from shrinkflow.flows.pipeline import run_pipeline  # torch, ONNX: a skip never loads them
 
     result = run_pipeline(params, ws.root)
-    logger.info("reused %d step(s) from the cache; recomputed: %s", len(result.reused),
+    logger.info("reused %d step(s) from the store; recomputed: %s", len(result.reused),
                 ", ".join(result.computed) or "nothing")
     return RetrainResult(status="ran", reason="changed: " + ", ".join(check["changed"]),
                          changed=check["changed"], reused=result.reused,
-                         computed=result.computed, run_id=result.run.run_id,
+                         computed=result.computed, run_id=result.run.run_id if result.run else None,
                          selected=result.selected, promotion=result.promotion)

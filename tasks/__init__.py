@@ -1,5 +1,12 @@
-"""Prefect tasks: thin wrappers around library steps.
+"""``shrinkflow.tasks``: the Prefect tasks around the library (source in the repository's
+top-level ``tasks/``).
 
-Each module is one step (its name is the step's name everywhere) and also runs as
-``python -m tasks.<step>`` so that ``dvc.yaml`` stages execute the very same code.
+- :mod:`shrinkflow.tasks.steps`: one task per registered step kind, generated from the
+  step registry; each runs :func:`shrinkflow.plan.executor.run_step` on a worker.
+- :mod:`shrinkflow.tasks.record`: record-keeping after compute (decide, metrics, DVC,
+  MLflow, registry, report), run in the flow's process.
+- ``python -m shrinkflow.tasks STAGE`` runs a ``dvc.yaml`` stage through the same
+  executor (no Prefect involved).
+
+Importing this package imports nothing heavy.
 """

@@ -1,4 +1,6 @@
-"""Record the flow's outputs in DVC (dvc.lock) and push them to the remote."""
+"""Record-keeping as tasks, run in the flow's process after compute (never cached: each
+run records and decides for itself). Each wraps one function of
+:mod:`shrinkflow.ops.record` or the MLflow adapter."""
 
 from __future__ import annotations
 
@@ -6,9 +8,72 @@ from typing import Any
 
 from prefect import task
 
-from shrinkflow import versioning
+from shrinkflow.decide.select import Decision, ModelResult
+from shrinkflow.ops import record, tracking
+from shrinkflow.ops.tracking import RunRef
+
+_RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 3}
+
+
+@task(name="start-run", **_RETRY)
+def start_run(uri: str, experiment: str, artifact_location: str | None,
+              params: dict[str, Any], tags: dict[str, str]) -> RunRef:
+    return tracking.start_pipeline_run(uri, experiment, artifact_location, params, tags)
+
+
+@task(name="decide")
+def decide(plan, records) -> tuple[list[ModelResult], Decision]:
+    return record.model_results(plan, records), record.decide_run(plan, records)
 
 
 @task(name="dvc-record", retries=1, retry_delay_seconds=2)
-def record(root: str, push: bool) -> dict[str, Any]:
-    return versioning.record_outputs(root, push=push)
+def record_dvc(params, ws, failures: list[str]) -> dict[str, Any]:
+    return record.record_dvc(params, ws, failures)
+
+
+@task(name="log-models", **_RETRY)
+def log_models(run: RunRef, plan, records, results, decision, info) -> dict[str, dict[str, Any]]:
+    return record.log_models(run, plan, records, results, decision, info)
+
+
+@task(name="register", **_RETRY)
+def register_and_promote(run: RunRef, plan, decision, results, logged, info):
+    return record.register_and_promote(run, plan, decision, results, logged, info)
+
+
+@task(name="report")
+def report(ws, run_id: str, results, decision, moved: str | None, machine: str):
+    return record.write_report(ws, run_id, results, decision, moved, machine)
+
+
+@task(name="tag-run", **_RETRY)
+def tag_run(ref: RunRef, tags: dict[str, str], artifacts: list[str] = (),
+            text: dict[str, str] | None = None) -> None:
+    tracking.set_tags(ref, tags)
+    for path in artifacts:
+        tracking.log_artifact(ref, path)
+    for name, content in (text or {}).items():
+        tracking.log_text(ref, content, name)
+
+
+@task(name="end-run", **_RETRY)
+def end_run(ref: RunRef, status: str, error: str | None = None) -> None:
+    tracking.end_run(ref, status, error)
+
+
+@task(name="prefect-artifacts")
+def publish_artifacts(results: list[ModelResult], decision: Decision, report_md: str,
+                      run: RunRef) -> None:
+    """The run table and the report as Prefect artifacts, linked to the MLflow run."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    rows = [{"model": m.name, "accuracy %": round(m.values["onnx_test_accuracy"] * 100, 2),
+             "size KB": round(m.values["size_bytes"] / 1000, 1),
+             "b256 ms": round(m.values.get("latency_p50_ms_b256", 0.0), 3),
+             "MACs": int(m.values.get("macs", 0)),
+             "gate": "pass" if decision.verdicts[m.name].passed else "fail",
+             "selected": m.name == decision.selected} for m in results]
+    where = f"MLflow run {run.run_id} ({run.tracking_uri})"
+    create_table_artifact(rows, key="shrinkflow-models", description=f"Validated models; {where}")
+    create_markdown_artifact(report_md + f"\n\n{where}\n", key="shrinkflow-report",
+                             description=f"Run report; {where}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shrinkflow.env import setup
+from shrinkflow.core.env import setup
 
 setup()  # telemetry off before any test imports Prefect, MLflow, DVC or ONNX Runtime
 
@@ -74,14 +74,14 @@ SMALL_VARIANTS = (
 def fast_overrides(epochs: int = 3, variants: str = SMALL_VARIANTS) -> list[str]:
     """Params that keep a real run short: few epochs, few latency repeats, two variants."""
     return [f"train.epochs={epochs}", "validate.repeats_b1=10", "validate.repeats_b256=3",
-            "validate.warmup=1", variants]
+            "validate.warmup=1", "validate.rounds=3", "validate.max_rounds=4", variants]
 
 
 def write_params(ws: Path, overrides: list[str]) -> None:
     """Write the effective params into the workspace's params.yaml (as dvc exp -S does)."""
     import yaml
 
-    from shrinkflow.config import load_params
+    from shrinkflow.plan.params import load_params
 
     params = load_params(ws / "params.yaml", overrides)
     (ws / "params.yaml").write_text(yaml.safe_dump(params.dump(), sort_keys=False))

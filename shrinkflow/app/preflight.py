@@ -1,0 +1,79 @@
+"""Every check that can run before a server starts: params (already validated), the
+data source and its shapes and labels, architectures against the input size, the
+tracking store, the workspace. Each problem is one line, in well under five seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.workspace import Workspace
+from shrinkflow.data import sources
+from shrinkflow.data.validation import check_labels, check_npz_sizes, read_npz
+from shrinkflow.ops.tracking import check_reachable, resolve_tracking_uri
+from shrinkflow.plan.params import Params, tracking_uri
+
+
+def input_shape(params: Params, root: Path) -> tuple[int, ...] | None:
+    """The (C, H, W) of the configured data, read cheaply (headers, not pixels)."""
+    prep = params.prepare.resolved(root)
+    if prep.dataset == "digits":
+        return (1, 8, 8)
+    if prep.dataset == "fashion-mnist":
+        sources.source_files(prep)  # raises one line if the files are missing
+        return (1, 28, 28)
+    path = Path(prep.path or "")
+    if not path.is_file():
+        raise ShrinkflowError(f"prepare.path: {path} not found; give an .npz file with arrays "
+                              "x (N,H,W or N,C,H,W) and y (N,)")
+    shape, _ = check_npz_sizes(path, ("x", "y"))["x"]
+    if len(shape) == 3:
+        return (1, *shape[1:])
+    return tuple(shape[1:]) if len(shape) == 4 else None
+
+
+def check_data(params: Params, root: Path) -> tuple[int, ...] | None:
+    shape = input_shape(params, root)
+    prep = params.prepare.resolved(root)
+    if prep.dataset == "npz":
+        arrays = read_npz(prep.path)  # finite values, labels 0..K-1, every class present
+        counts = np.bincount(arrays["y"].astype(np.int64))
+        if counts.min() < 3:
+            raise ShrinkflowError(f"{prep.path}: class {int(counts.argmin())} has "
+                                  f"{int(counts.min())} example(s); each class needs >= 3")
+        check_labels(arrays["y"], str(prep.path))
+    return shape
+
+
+def check_architectures(params: Params, shape: tuple[int, ...] | None) -> None:
+    if shape is None:
+        return
+    try:
+        params.train.model.check_input(shape, "train.model")
+        for name, variant in params.variants.items():
+            for i, step in enumerate(variant.steps):
+                student = getattr(step, "student", None)
+                if student is not None:
+                    student.check_input(shape, f"variants.{name}.steps[{i}].distill.student")
+    except ValueError as exc:
+        raise ShrinkflowError(str(exc)) from None
+
+
+def check_workspace(ws: Workspace) -> None:
+    if not ws.root.is_dir():
+        raise ShrinkflowError(f"workspace {ws.root}: not a directory")
+    if not os.access(ws.root, os.W_OK):
+        raise ShrinkflowError(f"workspace {ws.root}: not writable")
+
+
+def preflight(params: Params, ws: Workspace) -> str:
+    """Run every check; return the resolved tracking URI."""
+    check_workspace(ws)
+    uri = resolve_tracking_uri(tracking_uri(params), ws.root)
+    shape = check_data(params, ws.root)
+    check_architectures(params, shape)
+    check_reachable(uri)
+    return uri

@@ -1,0 +1,2 @@
+"""Models: the configurable CNN, its quantization-aware form, preprocessing inside the
+exported graph, and the checkpoint format."""

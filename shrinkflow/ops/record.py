@@ -1,0 +1,480 @@
+"""Record a finished execution: assemble each model's results, decide (gates, Pareto,
+selection), write the metrics files, record the outputs in DVC, log the models and their
+lineage to MLflow, register and promote, and write the report.
+
+The Prefect flow calls these as tasks, in this order; nothing here computes a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shrinkflow.core import machine
+from shrinkflow.core.config import stable_hash
+from shrinkflow.core.files import atomic_path, write_text_atomic
+from shrinkflow.core.records import ExportArtifact, ModelArtifact
+from shrinkflow.core.workspace import Workspace
+from shrinkflow.decide.select import Decision, ModelResult, decide, relative_metrics
+from shrinkflow.ops import lineage as lin
+from shrinkflow.ops import registry, tracking, versioning
+from shrinkflow.ops.provenance import environment
+from shrinkflow.ops.tracking import TAG, RunRef
+from shrinkflow.plan.params import Params
+from shrinkflow.plan.plan import TARGET, Plan
+from shrinkflow.plan.store import StepRecord
+from shrinkflow.steps.validate import accuracy_key, latency_values, read_latency
+
+log = logging.getLogger("shrinkflow")
+
+
+class Outcome(BaseModel):
+    """What one pipeline execution decided and recorded."""
+
+    run: RunRef | None = None
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    reused: list[str] = Field(default_factory=list)
+    computed: list[str] = Field(default_factory=list)
+    dvc: dict[str, Any] = Field(default_factory=dict)
+    selected: str | None = None
+    selection: str = ""
+    rejected: dict[str, list[str]] = Field(default_factory=dict)
+    registered_version: str | None = None
+    promotion: dict[str, Any] = Field(default_factory=dict)
+    report: str | None = None
+    machine: str = ""
+    removed: list[str] = Field(default_factory=list)
+    nothing_changed: bool = False
+    message: str = ""
+
+
+# --- results and the decision ------------------------------------------------------------
+
+
+def latency_doc(plan: Plan, records: dict[str, StepRecord], target: str = TARGET) -> dict:
+    return read_latency(records[plan.latency[target]].record["path"])
+
+
+def model_results(plan: Plan, records: dict[str, StepRecord], target: str = TARGET
+                  ) -> list[ModelResult]:
+    """Each model's values on ``target``: validation, latency (p50/p95 with interval
+    bounds), how its last training went, and ratios against the teacher."""
+    doc = latency_doc(plan, records, target)
+    key = accuracy_key(target)
+    out: list[ModelResult] = []
+    teacher: dict[str, float] | None = None
+    for name, mp in plan.models.items():
+        values = dict(records[mp.validation[target]].output().values)
+        values.update(latency_values(doc, name, plan.params.validate_.confidence))
+        ckpt: ModelArtifact = records[mp.checkpoint].output()
+        values.update({k: float(v) for k, v in ckpt.summary.items()})
+        teacher = teacher or values
+        values.update(relative_metrics(values, teacher, key))
+        out.append(ModelResult(name=name, parent=mp.parent, quantized=mp.quantized,
+                               values=values))
+    return out
+
+
+def decide_run(plan: Plan, records: dict[str, StepRecord], target: str = TARGET) -> Decision:
+    p = plan.params
+    v = p.validate_
+    parity = {"float": (v.gates.max_abs_diff, v.gates.min_top1_agreement),
+              "quantized": (v.quantized_gates.max_abs_diff, v.quantized_gates.min_top1_agreement)}
+    return decide(model_results(plan, records, target), p.gates, p.select, parity,
+                  latency_doc(plan, records, target)["samples"], v.confidence, target,
+                  accuracy_key(target))
+
+
+# --- workspace files ----------------------------------------------------------------------
+
+
+def metrics_document(results: list[ModelResult], decision: Decision) -> dict[str, dict]:
+    """``metrics/validate.json``: one entry per model, with its gate verdict."""
+    return {m.name: {**{k: round(v, 8) for k, v in m.values.items()},
+                     "gate_passed": decision.verdicts[m.name].passed} for m in results}
+
+
+def curves(plan: Plan, records: dict[str, StepRecord]) -> dict[str, list[dict[str, Any]]]:
+    """Per-epoch training curves of the steps each model added (for ``dvc plots``):
+    model -> rows {epoch (running over its steps), step, train_loss, val_accuracy}."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, mp in plan.models.items():
+        rows = []
+        for sid in mp.chain:
+            rec = records[sid]
+            if rec.record_type != "ModelArtifact" or plan.step(sid).model != name:
+                continue
+            for h in rec.output().history:
+                rows.append({**h, "step_epoch": h["epoch"], "epoch": len(rows) + 1,
+                             "step": rec.kind})
+        out[name] = rows
+    return out
+
+
+def write_metrics(ws: Workspace, plan: Plan, records: dict[str, StepRecord],
+                  results: list[ModelResult], decision: Decision) -> list[Path]:
+    """metrics/validate.json, metrics/pareto.json and metrics/curves/<model>.json."""
+    from shrinkflow.ops.report import pareto_points
+
+    files: dict[Path, Any] = {ws.validate_metrics: metrics_document(results, decision),
+                              ws.root / "metrics" / "pareto.json": pareto_points(results, decision)}
+    curve_dir = ws.root / "metrics" / "curves"
+    for name, rows in curves(plan, records).items():
+        if rows:
+            files[curve_dir / f"{name}.json"] = rows
+    for stale in curve_dir.glob("*.json") if curve_dir.is_dir() else []:
+        if stale not in files:
+            stale.unlink()
+    for path, doc in files.items():
+        write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return list(files)
+
+
+# --- DVC ----------------------------------------------------------------------------------
+
+
+def dvc_recordable(params: Params, ws: Workspace) -> str | None:
+    """Why this run must not be recorded in dvc.lock (None: it may)."""
+    if not params.base.dvc_commit:
+        return "base.dvc_commit is off"
+    if not versioning.is_dvc_workspace(ws.root):
+        return "not a DVC workspace"
+    if not versioning.params_match_file(params, ws.root):
+        return "params differ from params.yaml (--set/--params); dvc.lock would not match them"
+    return None
+
+
+def record_dvc(params: Params, ws: Workspace, failures: list[str]) -> dict[str, Any]:
+    """Record the outputs in dvc.lock and push them, when that tells the truth."""
+    if failures:
+        return {"skipped": "a gate failed; failed outputs are not recorded"}
+    why = dvc_recordable(params, ws)
+    if why:
+        return {"skipped": why}
+    result = versioning.record_outputs(ws.root, params.base.dvc_push)
+    return {**result, "data": versioning.locked_out(ws.root, "data/prepared")}
+
+
+# --- MLflow -------------------------------------------------------------------------------
+
+
+def model_key(plan: Plan, records: dict[str, StepRecord], name: str) -> str:
+    """What identifies a logged model run: its files and its (deterministic) validation."""
+    mp = plan.models[name]
+    return stable_hash({"checkpoint": records[mp.checkpoint].sha256,
+                        "exports": {t: records[s].sha256 for t, s in mp.exports.items()},
+                        "validate": {t: records[s].key for t, s in mp.validation.items()},
+                        "teacher": records[plan.models["teacher"].exports[TARGET]].sha256})
+
+
+def chain_entries(plan: Plan, records: dict[str, StepRecord], name: str) -> list[lin.ChainStep]:
+    """Every step from the teacher's training to this model's artifact."""
+    mp = plan.models[name]
+    ids = [*mp.chain]
+    export_id = mp.exports[TARGET]
+    convert_id = plan.step(export_id).inputs.get("export", export_id)
+    ids += [convert_id] if convert_id == export_id else [convert_id, export_id]
+    out = []
+    for sid in ids:
+        step, rec = plan.step(sid), records[sid]
+        o = rec.output()
+        hashes: dict[str, Any] = {}
+        if isinstance(o, ModelArtifact):
+            hashes["checkpoint_sha256"] = o.sha256
+        elif isinstance(o, ExportArtifact):
+            hashes.update(onnx_sha256=o.sha256, opset=o.opset)
+            if o.calibration_fingerprint:
+                hashes["calibration_fingerprint"] = o.calibration_fingerprint
+        out.append(lin.ChainStep(step=step.kind, config=step.config.model_dump(mode="json"),
+                                 config_hash=step.config.config_hash(), key=rec.key,
+                                 seconds=rec.seconds, worker=rec.worker,
+                                 machine_id=rec.machine.get("id", ""), threads=rec.threads,
+                                 **hashes))
+    return out
+
+
+def build_lineage(plan: Plan, records: dict[str, StepRecord], name: str, parent_run: str | None,
+                  info: dict[str, Any]) -> lin.Lineage:
+    mp = plan.models[name]
+    ckpt: ModelArtifact = records[mp.checkpoint].output()
+    export: ExportArtifact = records[mp.exports[TARGET]].output()
+    data = records["prepare"].output()
+    machines = {r.machine.get("id"): r.machine for r in records.values() if r.machine}
+    return lin.Lineage(
+        model=lin.ModelInfo(
+            name=name, quantization=export.quantization, weight_bits=export.weight_bits,
+            calibration_fingerprint=export.calibration_fingerprint or None,
+            onnx=lin.OnnxRef(sha256=export.sha256, artifact=f"{name}/model.onnx"),
+            checkpoint=lin.FileRef(sha256=ckpt.sha256, artifact=f"checkpoint/{name}.pt"),
+            exports=[lin.ExportRef(target=export.target, format=export.format,
+                                   sha256=export.sha256, artifact=f"{name}/model.onnx",
+                                   runtime={k: v for k, v in machine.runtimes().items()
+                                            if k in ("onnxruntime", "openvino", "ai-edge-litert")})]),
+        chain=chain_entries(plan, records, name),
+        parent=lin.ParentRef(name=mp.parent, run_id=parent_run) if mp.parent else None,
+        data=lin.DataInfo(dataset=data.dataset, fingerprint=data.fingerprint,
+                          source_fingerprint=info["state"].source_fingerprint,
+                          split_seed=data.split_seed,
+                          counts={"train": data.n_train, "val": data.n_val, "test": data.n_test},
+                          dvc=lin.DvcEntry(**info["dvc_data"]) if info.get("dvc_data") else None),
+        code=lin.CodeInfo(git_commit=info["git"]["commit"], git_dirty=info["git"]["dirty"],
+                          code_hash=info["state"].code_hash),
+        environment=info["environment"], machine={"steps": list(machines.values())},
+        params_hash=plan.params.config_hash(), pipeline_run_id=info["run_id"],
+        created=info["created"])
+
+
+def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord], results: list[ModelResult],
+               decision: Decision, info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One nested MLflow run per model, parents first; a model whose content is
+    unchanged keeps its earlier run (its verdict tags and latency are updated)."""
+    import numpy as np
+
+    from shrinkflow.data.prepare import raw_test_split
+
+    c = tracking.client(run.tracking_uri)
+    values = {m.name: m.values for m in results}
+    logged: dict[str, dict[str, Any]] = {}
+    data = records["prepare"].output()
+    dataset = None
+    example = None
+    for name, mp in plan.models.items():
+        verdict = decision.verdicts[name]
+        export: ExportArtifact = records[mp.exports[TARGET]].output()
+        ckpt: ModelArtifact = records[mp.checkpoint].output()
+        key = model_key(plan, records, name)
+        verdict_tags = {
+            f"{TAG}gate": "pass" if verdict.passed else "fail",
+            f"{TAG}gate_reasons": "; ".join(verdict.reasons)[:4000],
+            f"{TAG}pareto": str(verdict.on_frontier).lower(),
+            f"{TAG}selected": str(name == decision.selected).lower(),
+            f"{TAG}last_pipeline_run_id": run.run_id,
+            f"{TAG}machine": info["machine"]}
+        latency = {k: v for k, v in values[name].items() if k.startswith("latency_")}
+        existing = tracking.find_model_run(run.tracking_uri, run.experiment_id, key)
+        if existing:
+            tracking.set_tags(RunRef(tracking_uri=run.tracking_uri,
+                                     experiment_id=run.experiment_id, run_id=existing),
+                              verdict_tags)
+            tracking.log_metrics(c, existing, latency, step=1)
+            run_tags = c.get_run(existing).data.tags
+            logged[name] = {"run_id": existing, "model_uri": run_tags.get(f"{TAG}model_uri", ""),
+                            "mlflow_sha256": run_tags.get(f"{TAG}mlflow_sha256", ""),
+                            "onnx_sha256": export.sha256, "reused": True}
+            continue
+        if dataset is None:
+            dataset = tracking.test_dataset(data.path, data.dataset, data.fingerprint)
+            x, _, _ = raw_test_split(data.path)
+            example = np.ascontiguousarray(x[:2], dtype=np.float32)
+        parent_run = logged[mp.parent]["run_id"] if mp.parent else None
+        step_kind = plan.step(mp.exports[TARGET]).kind if plan.step(mp.exports[TARGET]).kind \
+            == "quantize" else ckpt.step
+        tags = {"mlflow.parentRunId": run.run_id, f"{TAG}step": step_kind,
+                f"{TAG}variant": name, f"{TAG}parent_variant": mp.parent or "",
+                f"{TAG}parent_run_id": parent_run or "", f"{TAG}model_key": key,
+                f"{TAG}pipeline_run_id": run.run_id, f"{TAG}config_hash": ckpt.config_hash,
+                f"{TAG}data_fingerprint": data.fingerprint,
+                f"{TAG}checkpoint_sha256": ckpt.sha256, f"{TAG}onnx_sha256": export.sha256,
+                f"{TAG}opset": str(export.opset), f"{TAG}quantization": export.quantization,
+                f"{TAG}weight_bits": str(export.weight_bits),
+                f"{TAG}calibration_fingerprint": export.calibration_fingerprint,
+                f"{TAG}target": TARGET, f"{TAG}workspace": str(info["workspace"]),
+                f"{TAG}workers": ",".join(sorted({records[s].worker for s in mp.chain
+                                                  if records[s].worker})),
+                f"{TAG}git_commit": info["git"]["commit"], f"{TAG}git_dirty": info["git"]["dirty"],
+                **verdict_tags}
+        mrun = tracking.call(run.tracking_uri, "create a run", c.create_run, run.experiment_id,
+                             run_name=name, tags=tags)
+        run_id = mrun.info.run_id
+        config = ({"train": plan.params.train.model_dump(mode="json")} if name == "teacher"
+                  else {"variant": plan.params.variants[name].model_dump(mode="json",
+                                                                        by_alias=True)})
+        config["convert"] = plan.params.convert.model_dump(mode="json")
+        tracking.log_params(c, run_id, config)
+        stored = tracking.log_onnx_model(run_id, name, export.path, example, export.sha256)
+        c.set_tag(run_id, f"{TAG}model_uri", stored["model_uri"])
+        c.set_tag(run_id, f"{TAG}mlflow_sha256", stored["stored_sha256"])
+        tracking.log_metrics(c, run_id, values[name], model_id=stored["model_id"])
+        _log_curves(c, run_id, plan, records, name)
+        import mlflow
+
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_input(dataset, context="test")
+        c.log_artifact(run_id, ckpt.path, artifact_path="checkpoint")
+        lineage = build_lineage(plan, records, name, parent_run, info)
+        lineage.model.onnx.mlflow_uri = stored["model_uri"]
+        lineage.model.onnx.mlflow_location = stored["location"]
+        lineage.model.onnx.mlflow_sha256 = stored["stored_sha256"]
+        lineage.run_id = run_id
+        c.log_text(run_id, lineage.to_json(), lin.ARTIFACT)
+        c.set_terminated(run_id, "FINISHED")
+        logged[name] = {"run_id": run_id, "model_uri": stored["model_uri"],
+                        "model_id": stored["model_id"], "onnx_sha256": export.sha256,
+                        "mlflow_sha256": stored["stored_sha256"], "reused": False}
+    return logged
+
+
+def _log_curves(c, run_id: str, plan: Plan, records: dict[str, StepRecord], name: str) -> None:
+    """Per-epoch curves (``<step>/train_loss``, ``<step>/val_accuracy``) and system
+    metrics (``system/<step>/cpu_percent``, ``rss_mb``) of the steps this model added."""
+    from mlflow.entities import Metric
+
+    items = []
+    for sid in plan.models[name].chain:
+        rec = records[sid]
+        if plan.step(sid).model != name:
+            continue
+        base = int(time.time() * 1000)
+        for h in rec.output().history if rec.record_type == "ModelArtifact" else []:
+            for k in ("train_loss", "val_accuracy"):
+                if k in h:
+                    items.append(Metric(f"{rec.kind}/{k}", float(h[k]), base, int(h["epoch"])))
+        for i, s in enumerate(rec.system):
+            for k in ("cpu_percent", "rss_mb"):
+                items.append(Metric(f"system/{rec.kind}/{k}", float(s[k]), base, i))
+    for i in range(0, len(items), 500):
+        c.log_batch(run_id, metrics=items[i:i + 500])
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+def describe_version(plan: Plan, name: str, decision: Decision) -> str:
+    verdict = decision.verdicts[name]
+    chain = " > ".join(plan.params.lineage_chain(name))
+    steps = ", ".join(s.kind for s in plan.params.variants[name].steps) \
+        if name in plan.params.variants else "train"
+    status = "passed its gates" if verdict.passed else "failed: " + "; ".join(verdict.reasons)
+    return (f"{name} ({steps}) from {chain}. Selected as {decision.objective} on the Pareto "
+            f"frontier: {decision.why}. Gates: {status}.")
+
+
+def register_and_promote(run: RunRef, plan: Plan, decision: Decision, results: list[ModelResult],
+                         logged: dict[str, dict[str, Any]], info: dict[str, Any]
+                         ) -> tuple[str, registry.Promotion]:
+    """Register the selected model as challenger, then try to promote it."""
+    from shrinkflow.data.prepare import raw_test_split
+
+    p = plan.params
+    name = decision.selected
+    values = next(m.values for m in results if m.name == name)
+    verdict = decision.verdicts[name]
+    data = info["data"]
+    tags = {f"{TAG}variant": name, f"{TAG}target": TARGET,
+            f"{TAG}lineage": " > ".join(p.lineage_chain(name)),
+            f"{TAG}data_fingerprint": data.fingerprint, f"{TAG}dataset": data.dataset,
+            f"{TAG}pipeline_run_id": run.run_id, f"{TAG}model_run_id": logged[name]["run_id"],
+            f"{TAG}gate": "pass" if verdict.passed else "fail",
+            f"{TAG}gate_reasons": "; ".join(verdict.reasons)[:4000],
+            f"{TAG}selection": decision.why, f"{TAG}params_hash": p.config_hash(),
+            f"{TAG}onnx_sha256": logged[name]["onnx_sha256"], f"{TAG}machine": info["machine"],
+            f"{TAG}mlflow_sha256": logged[name].get("mlflow_sha256", ""),
+            f"{TAG}lineage_uri": f"runs:/{logged[name]['run_id']}/{lin.ARTIFACT}",
+            f"{TAG}git_commit": info["git"]["commit"], f"{TAG}git_dirty": info["git"]["dirty"],
+            **info["state"].tags()}
+    version = registry.register(run.tracking_uri, p.registered_model_name(),
+                                logged[name]["model_uri"], logged[name]["run_id"], values, tags,
+                                "shrinkflow run", describe_version(plan, name, decision))
+    x, y, _ = raw_test_split(data.path)
+    promotion = registry.promote(run.tracking_uri, p.registered_model_name(), version, p.select,
+                                 p.registry, "shrinkflow run", (x, y, data.fingerprint),
+                                 latency_batch=p.gates.latency_batch, threads=p.validate_.threads)
+    return version, promotion
+
+
+def write_report(ws: Workspace, run_id: str, results: list[ModelResult], decision: Decision,
+                 moved: str | None, machine_line: str) -> tuple[Path, Path]:
+    from shrinkflow.ops.report import write_report as write
+
+    return write(results, decision, ws.root / "reports", run_id, f"shrinkflow run {run_id}",
+                 moved, machine_line)
+
+
+def latency_artifact(plan: Plan, records: dict[str, StepRecord], ws: Workspace) -> Path:
+    """A copy of the latency samples for the run's artifacts."""
+    src = Path(records[plan.latency[TARGET]].record["path"])
+    dest = ws.state_dir / "latency" / f"latency-{TARGET}.json"
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(src.read_bytes())
+    return dest
+
+
+def machine_line(plan: Plan, records: dict[str, StepRecord]) -> str:
+    lat = records[plan.latency[TARGET]].output()
+    return machine.describe(lat.machine)
+
+
+def environment_info() -> dict[str, str]:
+    return environment()
+
+
+def run_info(plan: Plan, ws: Workspace, records: dict[str, StepRecord] | None = None
+             ) -> dict[str, Any]:
+    """What every record of this run names: code, inputs state, environment, workspace."""
+    from datetime import UTC, datetime
+
+    from shrinkflow.ops.changes import current_state
+    from shrinkflow.ops.provenance import git_info
+
+    return {"git": git_info(ws.root), "state": current_state(plan.params, ws.root),
+            "environment": environment(), "workspace": str(ws.root),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine.describe(plan.machine)}
+
+
+def plan_key(plan: Plan, records: dict[str, StepRecord]) -> str:
+    """One hash of everything a run decides from: every step's content key and the
+    params (gates, selection and registry rules included)."""
+    return stable_hash({"steps": sorted(r.key for r in records.values()),
+                        "params": plan.params.config_hash()})
+
+
+def pipeline_tags(plan: Plan, ws: Workspace, info: dict[str, Any]) -> dict[str, str]:
+    return {f"{TAG}git_commit": info["git"]["commit"], f"{TAG}git_dirty": info["git"]["dirty"],
+            "mlflow.source.git.commit": info["git"]["commit"],
+            f"{TAG}params_hash": plan.params.config_hash(), f"{TAG}workspace": str(ws.root),
+            f"{TAG}machine": info["machine"], **info["state"].tags()}
+
+
+def nothing_changed(plan: Plan, ws: Workspace, uri: str) -> Outcome | None:
+    """When every step's result is in the store, every published file is intact and a
+    finished run already recorded exactly this plan, say so instead of running: nothing
+    is computed, logged or registered again. None when anything changed."""
+    from shrinkflow.plan.executor import published_intact, resolve_cached
+    from shrinkflow.plan.store import Store
+
+    records = resolve_cached(plan, Store(ws.store_dir), plan.steps)
+    if len(records) < len(plan.steps) or not published_intact(plan, records, ws):
+        return None
+    key = plan_key(plan, records)
+    c = tracking.client(uri)
+    exp = tracking.call(uri, "read the experiment", c.get_experiment_by_name,
+                        plan.params.base.experiment)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id],
+                         f"tags.`{TAG}plan_key` = '{key}' and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run = runs[0]
+    name = plan.params.registered_model_name()
+    champion = None
+    with contextlib.suppress(Exception):
+        champion = registry.get_alias(c, name, "champion")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
+    kept = f"champion v{champion.version} kept" if champion else "no champion"
+    tags = run.data.tags
+    return Outcome(run=RunRef(tracking_uri=uri, experiment_id=exp.experiment_id,
+                              run_id=run.info.run_id),
+                   reused=sorted(records), selected=tags.get(f"{TAG}selected") or None,
+                   selection=tags.get(f"{TAG}selection", ""), nothing_changed=True,
+                   message=f"nothing changed since run {run.info.run_id} ({when}): {kept}",
+                   report=str(ws.root / "reports" / f"{run.info.run_id}.md"))

@@ -1,0 +1,114 @@
+"""A ``dvc.yaml`` stage: ``python -m shrinkflow.tasks STAGE [VARIANT]``.
+
+DVC runs each stage in the workspace after the stages it depends on have published
+their outputs. A stage builds the plan of ``params.yaml``, takes its inputs from those
+published files (as DVC's deps say), runs its own steps through the executor (in this
+process; the step store serves any step whose content key is already there), and
+publishes its outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from shrinkflow.core import env
+from shrinkflow.core.errors import GateFailure, ShrinkflowError
+from shrinkflow.core.workspace import Workspace
+from shrinkflow.data.prepare import data_record
+from shrinkflow.models.checkpoint import model_record
+from shrinkflow.ops.locks import workspace_lock
+from shrinkflow.plan.executor import execute, publish
+from shrinkflow.plan.params import load_params
+from shrinkflow.plan.plan import TARGET, Plan, build_plan
+from shrinkflow.plan.store import StepRecord
+from shrinkflow.targets.onnxruntime import onnx_record
+
+STAGES = ("prepare", "train", "compress", "convert", "validate")
+
+
+def _external(step_id: str, kind: str, record) -> StepRecord:
+    """A record for an input DVC gave us as a file (not made by this process)."""
+    return StepRecord(step_id=step_id, kind=kind, key="", record_type=type(record).__name__,
+                      record=record.model_dump(mode="json"))
+
+
+def _published_data(ws: Workspace) -> dict[str, StepRecord]:
+    return {"prepare": _external("prepare", "prepare", data_record(ws.data_dir))}
+
+
+def _published_checkpoints(plan: Plan, ws: Workspace, names) -> dict[str, StepRecord]:
+    out = {}
+    for name in names:
+        sid = plan.models[name].checkpoint
+        out[sid] = _external(sid, plan.step(sid).kind, model_record(ws.checkpoint(name)))
+    return out
+
+
+def stage_steps(plan: Plan, ws: Workspace, stage: str, variant: str | None
+                ) -> tuple[list[str], dict[str, StepRecord], list[str]]:
+    """(step ids to run, inputs taken from published files, paths to publish)."""
+    names = list(plan.models)
+    if stage == "prepare":
+        return ["prepare"], {}, ["data/prepared"]
+    known = _published_data(ws)
+    if stage == "train":
+        return [plan.models["teacher"].checkpoint], known, ["models/teacher.pt"]
+    if stage == "compress":
+        if variant not in plan.params.variants:
+            raise ShrinkflowError(f"compress: give a variant name from params.yaml "
+                                  f"({', '.join(plan.params.variants) or 'none defined'}), "
+                                  f"got {variant!r}")
+        mp = plan.models[variant]
+        parent = plan.models[mp.parent]
+        known.update(_published_checkpoints(plan, ws, [mp.parent]))
+        own = mp.chain[len(parent.chain):]
+        return own or [mp.checkpoint], known, [f"models/{variant}.pt"]
+    known.update(_published_checkpoints(plan, ws, names))
+    if stage == "convert":
+        return [plan.models[n].exports[TARGET] for n in names], known, \
+            [f"onnx/{n}.onnx" for n in names]
+    if stage == "validate":
+        for n in names:
+            sid = plan.models[n].exports[TARGET]
+            known[sid] = _external(sid, plan.step(sid).kind, onnx_record(ws.onnx(n), n))
+        return [*(plan.models[n].validation[TARGET] for n in names), plan.latency[TARGET]], \
+            known, []
+    raise ShrinkflowError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+
+
+def run_stage(ws: Workspace, stage: str, variant: str | None = None) -> list[str]:
+    """Run one stage in ``ws``; returns what it wrote."""
+    from shrinkflow.ops import record
+
+    params = load_params(ws.params_file)
+    plan = build_plan(params, ws.root)
+    wanted, known, outputs = stage_steps(plan, ws, stage, variant)
+    with workspace_lock(ws.state_dir, f"dvc stage {stage}", wait=3600):
+        records = execute(plan, ws, wanted, known=known)
+        written = publish(plan, records, ws, outputs) if outputs else []
+        if stage == "validate":
+            results, decision = record.model_results(plan, records), record.decide_run(plan, records)
+            written += [ws.relative(p) for p in
+                        record.write_metrics(ws, plan, records, results, decision)]
+            teacher = decision.verdicts["teacher"]
+            if not teacher.passed:
+                raise GateFailure([f"teacher: {r}" for r in teacher.reasons])
+    return written
+
+
+def main(argv: list[str]) -> int:
+    env.setup()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not argv:
+        print(f"usage: python -m shrinkflow.tasks STAGE [VARIANT] ({', '.join(STAGES)})",
+              file=sys.stderr)
+        return 2
+    try:
+        written = run_stage(Workspace.at("."), argv[0], argv[1] if len(argv) > 1 else None)
+    except ShrinkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0

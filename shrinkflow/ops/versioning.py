@@ -1,0 +1,145 @@
+"""DVC: record a flow's outputs in ``dvc.lock`` and push them to the remote.
+
+The flow writes exactly the paths ``dvc.yaml`` declares, so ``dvc commit`` can hash
+them into ``dvc.lock`` as if ``dvc repro`` had made them; a later ``dvc repro`` then
+finds every stage up to date, and a clean clone can ``dvc pull`` the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from shrinkflow.core.config import read_yaml
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.files import file_digest, file_sha256
+from shrinkflow.plan.params import Params, parse_params
+
+
+def is_dvc_workspace(root: str | Path) -> bool:
+    root = Path(root)
+    return (root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()
+
+
+def params_match_file(params: Params, root: str | Path) -> bool:
+    """True when the workspace's params.yaml holds exactly the params the run used.
+
+    dvc.lock records params.yaml's values; committing outputs made with other values
+    (``--set``, ``--params other.yaml``) would make the lock lie.
+    """
+    path = Path(root) / "params.yaml"
+    if not path.is_file():
+        return False
+    try:
+        on_disk = parse_params(read_yaml(path), source=str(path))
+    except ShrinkflowError:
+        return False
+    return on_disk.dump() == params.dump()
+
+
+def dvc(root: str | Path, *args: str, timeout: float = 600) -> str:
+    """Run ``dvc ARGS`` in ``root`` in a subprocess (DVC's Python API depends on the
+    process's working directory, which a flow must not change under its threads)."""
+    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True,
+                         text=True, timeout=timeout, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if out.returncode != 0:
+        lines = [ln for ln in (out.stderr or out.stdout).strip().splitlines() if ln.strip()]
+        detail = lines[-1] if lines else f"exit code {out.returncode}"
+        raise ShrinkflowError(f"dvc {' '.join(args)} in {root}: {detail}; check .dvc/config "
+                              "(remote) or run `dvc status` there")
+    return out.stdout
+
+
+def record_outputs(root: str | Path, push: bool = True, remote: str | None = None) -> dict[str, Any]:
+    """``dvc commit`` every stage (outs into the cache, hashes into dvc.lock), then push.
+
+    Returns what happened: the dvc.lock hash and the number of files pushed.
+    """
+    root = Path(root)
+    dvc(root, "commit", "--force")
+    pushed = 0
+    if push:
+        text = dvc(root, "push", *(["--remote", remote] if remote else []))
+        match = re.search(r"(\d+) files? pushed", text)
+        pushed = int(match.group(1)) if match else 0
+    lock = root / "dvc.lock"
+    return {"dvc_lock_sha256": file_sha256(lock) if lock.is_file() else "",
+            "dvc_pushed": pushed}
+
+
+def locked_out(root: str | Path, path: str) -> dict[str, Any] | None:
+    """The entry dvc.lock records for output ``path`` (md5, size, nfiles), if any."""
+    import yaml
+
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if out.get("path") == path:
+                return {k: out[k] for k in ("path", "md5", "size", "nfiles") if k in out}
+    return None
+
+
+def object_stores(root: str | Path) -> list[tuple[str, Path]]:
+    """Where DVC keeps content by md5, nearest first: the workspace cache, then the
+    default remote when it is a local directory (``files/md5/<2>/<30>`` layout)."""
+    root = Path(root)
+    stores = [("dvc cache", root / ".dvc" / "cache" / "files" / "md5")]
+    try:
+        default = dvc(root, "remote", "default").strip()
+        for line in dvc(root, "remote", "list").splitlines():
+            name, _, url = line.strip().partition("\t")
+            url = url.strip() or line.split()[-1]
+            if name.strip() == default and "://" not in url:
+                base = Path(url).expanduser()
+                if not base.is_absolute():
+                    base = (root / ".dvc" / base).resolve()
+                stores.append((f"dvc remote '{default}'", base / "files" / "md5"))
+    except ShrinkflowError:
+        pass
+    return stores
+
+
+def find_object(stores: list[tuple[str, Path]], md5: str) -> tuple[str, Path] | None:
+    for label, base in stores:
+        path = base / md5[:2] / md5[2:]
+        if path.is_file():
+            return label, path
+    return None
+
+
+def md5_file(path: str | Path) -> str:
+    """md5 of a file, as DVC names its cache objects."""
+    return file_digest(path, "md5")
+
+
+def restore(dvc_entry: dict[str, Any], root: str | Path, dest: Path) -> tuple[str, list[str]]:
+    """Copy the directory DVC recorded as ``dvc_entry`` (md5 ``….dir``) out of the DVC cache
+    or a local remote into ``dest``, checking every file's md5. Returns (where, problems)."""
+    import json
+    import shutil
+
+    stores = object_stores(root)
+    md5 = dvc_entry["md5"]
+    found = find_object(stores, md5)
+    if found is None:
+        return "", [f"directory listing {md5} not in {', '.join(s for s, _ in stores)}"]
+    where, listing = found
+    problems = []
+    if md5_file(listing) != md5.removesuffix(".dir"):
+        problems.append(f"listing {md5} is corrupt in {where}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in json.loads(listing.read_text()):
+        obj = find_object(stores, entry["md5"])
+        if obj is None:
+            problems.append(f"{entry['relpath']}: md5 {entry['md5']} missing")
+            continue
+        if md5_file(obj[1]) != entry["md5"]:
+            problems.append(f"{entry['relpath']}: md5 mismatch in {obj[0]}")
+        shutil.copyfile(obj[1], dest / entry["relpath"])
+    return where, problems

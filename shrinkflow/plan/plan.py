@@ -1,0 +1,203 @@
+"""The plan: every step a params file asks for, in order, with its config, inputs,
+output and content key.
+
+A step's cache key is content-addressed: ``hash(kind, config, code, input contents)``,
+where *code* is the import closure of the step's module and *input contents* are the
+sha256 of the records it reads. The plan fixes the first three (``config_key``); the
+executor adds the inputs' hashes as they become known. So the flow, a DVC stage fed by
+``dvc pull``-ed files, and ``reproduce`` all find the same cache entries, and a changed
+input recomputes exactly what depends on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+
+from shrinkflow.core import machine
+from shrinkflow.core.codehash import code_hash
+from shrinkflow.core.config import Section, stable_hash
+from shrinkflow.data.sources import source_fingerprint
+from shrinkflow.plan.params import Params
+from shrinkflow.steps import base as steps
+from shrinkflow.steps.convert import ConvertStep
+from shrinkflow.steps.quantize import QuantizeStep, resolve_weight_bits
+from shrinkflow.steps.validate import LatencyStep, ValidateStep
+
+TARGET = "onnxruntime"
+
+
+class PlanStep(BaseModel):
+    """One step of the plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str  # "prepare", "teacher:train", "p80_ft:finetune", "p80_ft:convert", ...
+    kind: str  # the registered step kind
+    model: str  # the model it serves ("" for prepare; the target for latency)
+    config: SerializeAsAny[Section]
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict)  # role -> step id(s)
+    config_key: str  # hash(kind, config, code, extra): the static part of the cache key
+    stage: str  # the dvc.yaml stage that runs it ("compress@p80_ft", ...)
+    extra: dict[str, Any] = Field(default_factory=dict)  # e.g. the data source fingerprint
+
+    def input_ids(self) -> list[str]:
+        out: list[str] = []
+        for ref in self.inputs.values():
+            out.extend(ref if isinstance(ref, list) else [ref])
+        return out
+
+    def cache_key(self, input_hashes: dict[str, str | list[str]]) -> str:
+        """The full content key, given the sha256 of each input (same roles as inputs)."""
+        return stable_hash({"step": self.config_key, "inputs": input_hashes})
+
+
+class ModelPlan(BaseModel):
+    """Where one model's pieces are in the plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    parent: str | None
+    chain: list[str]  # torch step ids from the teacher's train to this model's checkpoint
+    checkpoint: str  # step id whose output is models/<name>.pt
+    exports: dict[str, str]  # target -> step id of its deployable artifact
+    validation: dict[str, str]  # target -> validate step id
+    quantized: bool  # int8 (ORT-quantized or QAT)
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    params: Params
+    steps: list[PlanStep]
+    models: dict[str, ModelPlan]
+    latency: dict[str, str]  # target -> latency step id
+    outputs: dict[str, str]  # published workspace path -> step id
+    machine: dict[str, Any]
+
+    def step(self, step_id: str) -> PlanStep:
+        return self._index()[step_id]
+
+    def _index(self) -> dict[str, PlanStep]:
+        return {s.id: s for s in self.steps}
+
+    def upstream(self, step_ids: list[str]) -> list[PlanStep]:
+        """``step_ids`` and everything they depend on, in plan order."""
+        index, need, todo = self._index(), set(), list(step_ids)
+        while todo:
+            sid = todo.pop()
+            if sid not in need:
+                need.add(sid)
+                todo.extend(index[sid].input_ids())
+        return [s for s in self.steps if s.id in need]
+
+    def for_stage(self, stage: str) -> list[PlanStep]:
+        return [s for s in self.steps if s.stage == stage]
+
+
+def step_code(kind: str) -> str:
+    """Hash of the code a step kind runs (its module's import closure)."""
+    return code_hash((steps.kind(kind).module,))
+
+
+def _config_key(kind: str, config: Section, extra: dict[str, Any]) -> str:
+    return stable_hash({"kind": kind, "config": config.model_dump(mode="json"),
+                        "code": step_code(kind), **extra})
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.steps: list[PlanStep] = []
+        self.by_key: dict[str, PlanStep] = {}  # config_key + input ids -> step (dedupe)
+
+    def add(self, step_id: str, kind: str, model: str, config: Section, inputs: dict,
+            stage: str, extra: dict[str, Any] | None = None) -> str:
+        """Add a step (or return the id of an identical one: shared prefixes run once)."""
+        extra = extra or {}
+        key = _config_key(kind, config, extra)
+        ident = stable_hash({"key": key, "inputs": inputs})
+        if ident in self.by_key:
+            return self.by_key[ident].id
+        step = PlanStep(id=step_id, kind=kind, model=model, config=config, inputs=inputs,
+                        config_key=key, stage=stage, extra=extra)
+        self.steps.append(step)
+        self.by_key[ident] = step
+        return step.id
+
+
+def build_plan(params: Params, root: str | Path, source: str | None = None) -> Plan:
+    """The plan of ``params`` for the workspace at ``root`` (relative data paths resolve
+    against it). Reads the data source's files to fingerprint them (unless ``source``,
+    their fingerprint, is given: e.g. when the prepared data comes from DVC); runs
+    nothing."""
+    from shrinkflow.core.machine import has_int8_dot_product
+
+    b = _Builder()
+    fingerprint = machine.fingerprint()
+    prepare = params.prepare.resolved(root)
+    # The key covers the source's content, not where it lives.
+    data = b.add("prepare", "prepare", "", prepare, {}, "prepare",
+                 {"source": source or source_fingerprint(prepare),
+                  "config": params.prepare.model_copy(update={"path": None}).config_hash()})
+    teacher = b.add("teacher:train", "train", "teacher", params.train, {"data": data}, "train")
+    chains: dict[str, list[str]] = {"teacher": [teacher]}
+    checkpoints: dict[str, str] = {"teacher": teacher}
+    models: dict[str, ModelPlan] = {}
+    outputs: dict[str, str] = {"data/prepared": data, "models/teacher.pt": teacher}
+    exports: dict[str, str] = {}
+    quantized: dict[str, bool] = {"teacher": False}
+    int8_dot = has_int8_dot_product()
+    for name in params.variant_order():
+        variant = params.variants[name]
+        current, chain = checkpoints[variant.from_], list(chains[variant.from_])
+        is_q = quantized[variant.from_]
+        for step in variant.torch_steps:
+            if isinstance(step, QuantizeStep):
+                step = resolve_weight_bits(step, int8_dot)
+                is_q = True
+            current = b.add(f"{name}:{step.kind}", step.kind, name, step,
+                            {"data": data, "model": current}, f"compress@{name}")
+            chain.append(current)
+        chains[name], checkpoints[name] = chain, current
+        quantized[name] = is_q or variant.onnx_quantize is not None
+        outputs[f"models/{name}.pt"] = current
+    convert = params.convert
+    for name in params.model_names:
+        step_id = b.add(f"{name}:convert", "convert", name,
+                        ConvertStep(**convert.model_dump(), target=TARGET),
+                        {"data": data, "model": checkpoints[name]}, "convert")
+        quant = params.variants[name].onnx_quantize if name in params.variants else None
+        if quant is not None:
+            # ONNX Runtime quantization starts from the float ONNX file of the same model.
+            step_id = b.add(f"{name}:quantize", "quantize", name,
+                            resolve_weight_bits(quant, int8_dot),
+                            {"data": data, "model": checkpoints[name], "export": step_id},
+                            "convert")
+        exports[name] = step_id
+        outputs[f"onnx/{name}.onnx"] = step_id
+    v = params.validate_
+    validate_ids = {}
+    for name in params.model_names:
+        validate_ids[name] = b.add(f"{name}:validate", "validate", name,
+                                   ValidateStep(target=TARGET, threads=v.threads),
+                                   {"data": data, "model": checkpoints[name],
+                                    "export": exports[name]}, "validate")
+    latency_cfg = LatencyStep(
+        target=TARGET, threads=v.threads, warmup=v.warmup, repeats_b1=v.repeats_b1,
+        repeats_b256=v.repeats_b256, rounds=v.rounds, max_rounds=v.max_rounds,
+        confidence=v.confidence,
+        pairs=[(n, params.variants[n].from_) for n in params.variant_order()],
+        threshold=params.gates.min_speedup_vs_parent, gate_batch=params.gates.latency_batch,
+        machine=fingerprint["id"])
+    latency = b.add(f"latency:{TARGET}", "latency", TARGET, latency_cfg,
+                    {"data": data, "exports": [exports[n] for n in params.model_names]},
+                    "validate")
+    for name in params.model_names:
+        models[name] = ModelPlan(name=name, parent=params.parent_of(name), chain=chains[name],
+                                 checkpoint=checkpoints[name], exports={TARGET: exports[name]},
+                                 validation={TARGET: validate_ids[name]}, quantized=quantized[name])
+    return Plan(params=params, steps=b.steps, models=models, latency={TARGET: latency},
+                outputs=outputs, machine=fingerprint)

@@ -1,0 +1,2 @@
+"""Deployment targets: one module per runtime (converter + runtime adapter), each
+registering itself in :mod:`shrinkflow.targets.base`."""
