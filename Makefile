@@ -15,7 +15,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-fast repro lint lock clean-state
+.PHONY: setup run test test-fast repro lint lock clean-state dvc-yaml
 
 setup: $(STAMP)
 
@@ -35,12 +35,20 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow" $(ARGS)
 
-# dvc repro runs `python -m tasks.<step>`: the venv must come first on PATH.
+# dvc repro runs `python -m shrinkflow.tasks STAGE`: the venv must come first on PATH.
 repro: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/dvc repro $(ARGS)
 
+# Style, the layer contract (layers import only downward; no Prefect in the library),
+# and dvc.yaml up to date with the step registry.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(PY) -m tests.contracts
+	$(VENV)/bin/shrinkflow dvc-yaml --check
+
+# Regenerate dvc.yaml after adding or changing a step kind.
+dvc-yaml: setup
+	$(VENV)/bin/shrinkflow dvc-yaml
 
 # Re-resolve requirements.lock after changing dependencies in pyproject.toml.
 lock: setup
@@ -48,4 +56,4 @@ lock: setup
 	  --no-header --quiet -o requirements.lock
 
 clean-state:
-	rm -rf mlflow.db mlartifacts .shrinkflow data/prepared models metrics
+	rm -rf mlflow.db mlartifacts .shrinkflow data/prepared models onnx metrics reports exports

@@ -30,9 +30,9 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 
 
 def _make(kind: steps.StepKind) -> Task:
-    def run(step: PlanStep, upstream: dict[str, StepRecord], store: str, threads: int
-            ) -> StepRecord:
-        return run_step(step, upstream, store, threads)
+    def run(step: PlanStep, upstream: dict[str, StepRecord], store: str, threads: int,
+            force: bool = False) -> StepRecord:
+        return run_step(step, upstream, store, threads, force)
 
     run.__name__ = run.__qualname__ = kind.name
     run.__doc__ = f"Step {kind.name!r}: {kind.doc}"
@@ -45,8 +45,8 @@ STEP_TASKS: dict[str, Task] = {name: _make(k) for name, k in steps.kinds().items
 
 def submitter(store: str, threads: int):
     """The executor's ``submit``: a step becomes a task run on the flow's task runner."""
-    def submit(step: PlanStep, upstream: dict[str, Any]):
+    def submit(step: PlanStep, upstream: dict[str, Any], force: bool):
         t = STEP_TASKS[step.kind].with_options(task_run_name=step.id)
-        return t.submit(step, upstream, store, threads)
+        return t.submit(step, upstream, store, threads, force)
 
     return submit

@@ -521,6 +521,41 @@ def reproduce(model_uri: Annotated[str, typer.Argument(
                                              " within tolerance"))
 
 
+@app.command("dvc-yaml")
+@user_errors
+def dvc_yaml(check: Annotated[bool, typer.Option(
+                 "--check", help="exit 1 if dvc.yaml differs from what the code generates")] = False,
+             workspace: WorkspaceOpt = Path(".")):
+    """Write dvc.yaml from the step registry (stages, computed code deps, params, outs)."""
+    from shrinkflow.ops.dvcyaml import render
+
+    path = _workspace(workspace) / "dvc.yaml"
+    text = render()
+    if check:
+        if not path.is_file() or path.read_text() != text:
+            raise ShrinkflowError(f"{path} is stale: run `shrinkflow dvc-yaml` and commit it")
+        console.print(f"{path} is up to date")
+        return
+    path.write_text(text)
+    console.print(f"written: {path}")
+
+
+@app.command()
+@user_errors
+def steps():
+    """The registered step kinds: stage, config keys with defaults, what each does."""
+    from shrinkflow.steps.base import kinds
+
+    table = Table(title="step kinds (one module each in shrinkflow/steps/)", title_justify="left")
+    for col in ("step", "dvc stage", "module", "config (defaults)", "what it does"):
+        table.add_column(col)
+    for name, k in kinds().items():
+        fields = ", ".join(f"{f}={v.default!r}" for f, v in k.config.model_fields.items()
+                           if f != "kind" and not callable(v.default_factory))
+        table.add_row(name, k.stage, k.module, fields, k.doc)
+    console.print(table)
+
+
 def _fmt(value: float | None, kind: str) -> str:
     if value is None:
         return "-"

@@ -118,15 +118,16 @@ def _not_slower(samples: dict | None, a: str, b: str, batch: int, confidence: fl
 
 def pareto_front(results: dict[str, dict[str, float]], accuracy_key: str, samples: dict | None,
                  batch: int, confidence: float = 0.95) -> list[str]:
-    """Names not dominated on (accuracy: higher, size: lower, latency: lower). Latency
+    """Names not dominated on (accuracy: higher; size, MACs, latency: lower). Latency
     counts only where the side-by-side interval is decisive."""
     def dominates(a: str, b: str) -> bool:
         va, vb = results[a], results[b]
         not_slower, faster = _not_slower(samples, a, b, batch, confidence)
+        ma, mb = va.get("macs", 0.0), vb.get("macs", 0.0)
         geq = va[accuracy_key] >= vb[accuracy_key] and va["size_bytes"] <= vb["size_bytes"] \
-            and not_slower
+            and ma <= mb and not_slower
         strictly = va[accuracy_key] > vb[accuracy_key] or va["size_bytes"] < vb["size_bytes"] \
-            or faster
+            or ma < mb or faster
         return geq and strictly
 
     return [n for n in results if not any(dominates(m, n) for m in results if m != n)]

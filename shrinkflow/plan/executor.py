@@ -97,13 +97,14 @@ def cache_key(step: PlanStep, records: dict[str, StepRecord]) -> str:
 
 
 def run_step(step: PlanStep, upstream: dict[str, StepRecord], store_root: str,
-             threads: int) -> StepRecord:
+             threads: int, force: bool = False) -> StepRecord:
     """Run one step (in a worker process, or in-process): serve it from the store when
-    its key is there, else compute it with ``threads`` intra-op threads and commit it."""
+    its key is there (unless ``force``), else compute it with ``threads`` intra-op threads
+    and commit it."""
     env.setup()
     store = Store(store_root)
     key = cache_key(step, upstream)
-    hit = store.get(key)
+    hit = None if force else store.get(key)
     if hit is not None:
         return hit
     kind = steps.kind(step.kind)
@@ -148,7 +149,7 @@ def resolve_cached(plan: Plan, store: Store, steps_: Iterable[PlanStep],
     return records
 
 
-Submit = Callable[[PlanStep, dict[str, Any]], Any]
+Submit = Callable[[PlanStep, dict[str, Any], bool], Any]
 
 
 def _result(handle: Any) -> StepRecord:
@@ -160,7 +161,8 @@ def execute(plan: Plan, ws: Workspace, wanted: list[str] | None = None,
             known: dict[str, StepRecord] | None = None) -> dict[str, StepRecord]:
     """Run the steps ``wanted`` (default: all) and what they depend on; return every
     step's record. ``submit(step, upstream)`` hands a step to a task runner and returns
-    a future (upstream values may be futures); without it, steps run here in order."""
+    a future (upstream values may be futures; the flag forces a recompute); without it,
+    steps run here in order."""
     store = Store(ws.store_dir)
     todo = plan.upstream(wanted) if wanted else list(plan.steps)
     done = resolve_cached(plan, store, todo, refresh, known)
@@ -168,10 +170,11 @@ def execute(plan: Plan, ws: Workspace, wanted: list[str] | None = None,
 
     def launch(step: PlanStep, handles: dict[str, Any]) -> Any:
         upstream = {i: done.get(i) or handles[i] for i in step.input_ids()}
+        force = step.kind in refresh or step.id in refresh
         if submit is None:
             upstream = {i: _result(h) for i, h in upstream.items()}
-            return run_step(step, upstream, str(store.root), threads)
-        return submit(step, upstream)
+            return run_step(step, upstream, str(store.root), threads, force)
+        return submit(step, upstream, force)
 
     handles: dict[str, Any] = {}
     pending = [s for s in todo if s.id not in done]

@@ -374,8 +374,15 @@ def graph_cost(path: str | Path) -> dict[str, float]:
             w = weight(ins[idx]) if len(ins) > idx else None
             if w is not None and w.ndim == 2:
                 macs += float(w.shape[0] * w.shape[1])
-    params = sum(float(np.prod(a.shape)) for n, a in inits.items()
-                 if a.ndim >= 1 and a.size > 1 and not n.endswith(("scale", "zero_point")))
+    # Parameters: weight and bias tensors (float or int8), not shapes (int64) nor the
+    # scales and zero points of quantize/dequantize nodes.
+    qparams = {i for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+               for i in n.input[1:]}
+    qparams |= {i for n in g.node if n.op_type.startswith("QLinear") or n.op_type == "QGemm"
+                for k, i in enumerate(n.input) if k not in (0, 3)}
+    params = sum(float(a.size) for n, a in inits.items()
+                 if n not in qparams and a.dtype in (np.float32, np.float16, np.int8, np.uint8,
+                                                     np.int32) and a.size > 1)
     return {"macs": macs, "onnx_params": params}
 
 

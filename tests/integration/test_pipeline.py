@@ -1,22 +1,25 @@
-"""The real flow on digits: Prefect's harness, MLflow on SQLite, a git+DVC workspace."""
+"""The real flow on digits: Prefect's harness, steps on a local Dask cluster of worker
+processes, MLflow on SQLite, a git+DVC workspace."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from shrinkflow.config import load_params
-from shrinkflow.errors import GateFailure
+from shrinkflow.core.errors import GateFailure
+from shrinkflow.plan.params import load_params
 from tests.conftest import fast_overrides, write_params
 
 pytestmark = pytest.mark.slow
 
 METRICS = ("test_accuracy", "onnx_test_accuracy", "parity_max_abs_diff", "parity_top1_agreement",
            "latency_p50_ms_b1", "latency_p95_ms_b1", "latency_p50_ms_b256",
-           "latency_p95_ms_b256", "size_bytes", "size_gzip_bytes", "params")
+           "latency_p95_ms_b256", "latency_p50_ms_b256_low", "latency_p50_ms_b256_high",
+           "size_bytes", "size_gzip_bytes", "params", "macs")
 
 
 def _client(ws):
@@ -37,8 +40,8 @@ VARIANTS = (
 MODELS = ["teacher", "pr", "pr_q8", "pr_qat", "kd"]
 
 
-def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
-    from flows.pipeline import run_pipeline
+def test_flow_end_to_end_then_nothing_to_do(prefect_harness, workspace):
+    from shrinkflow.flows.pipeline import run_pipeline
 
     write_params(workspace, fast_overrides(variants=VARIANTS))
     params = load_params(workspace / "params.yaml")
@@ -51,8 +54,9 @@ def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
     assert teacher["parity_top1_agreement"] >= 0.999
     assert teacher["parity_max_abs_diff"] < 1e-3
     assert teacher["onnx_test_accuracy"] > 0.8  # 3 epochs on digits
+    assert teacher["latency_p50_ms_b256_low"] <= teacher["latency_p50_ms_b256"]
 
-    # MLflow: a FINISHED parent run, a nested teacher run with every metric and artifact.
+    # MLflow: a FINISHED parent run, a nested run per model with every metric and artifact.
     c = _client(workspace)
     parent = c.get_run(first.run.run_id)
     assert parent.info.status == "FINISHED"
@@ -63,31 +67,37 @@ def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
                              f"tags.mlflow.parentRunId = '{first.run.run_id}'")
     by_name = {r.info.run_name: r for r in children}
     assert sorted(by_name) == sorted(MODELS)
-    child = by_name["teacher"]
     for key in METRICS:
         for name in MODELS:
             assert key in by_name[name].data.metrics, (name, key)
+    child = by_name["teacher"]
     assert child.data.tags["shrinkflow.step"] == "train"
-    # Variants: relative metrics, their parent (name and run), their quantization.
+    assert child.data.tags["shrinkflow.workers"].startswith("tcp://")  # a Dask worker process
+    # Curves per epoch, and system metrics of the worker that trained.
+    history = c.get_metric_history(child.info.run_id, "train/val_accuracy")
+    assert [h.step for h in history] == [1, 2, 3]
     q8 = by_name["pr_q8"]
     assert q8.data.tags["shrinkflow.parent_variant"] == "pr"
     assert q8.data.tags["shrinkflow.parent_run_id"] == by_name["pr"].info.run_id
     assert q8.data.tags["shrinkflow.quantization"] == "static"
+    assert q8.data.tags["shrinkflow.step"] == "quantize"
+    assert q8.data.tags["shrinkflow.weight_bits"] in ("7", "8")
     assert len(q8.data.tags["shrinkflow.calibration_fingerprint"]) == 64
     assert by_name["pr"].data.metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert q8.data.metrics["size_ratio_vs_teacher"] > 2  # int8
-    for key in ("accuracy_drop_pp", "latency_ratio_vs_teacher_b256"):
-        assert key in by_name["kd"].data.metrics
+    assert by_name["kd"].data.metrics["macs"] < 0.2 * child.data.metrics["macs"]
     artifacts = {a.path for a in c.list_artifacts(child.info.run_id)}
-    assert "checkpoint" in artifacts
+    assert {"checkpoint", "lineage.json"} <= artifacts
     assert child.inputs.dataset_inputs[0].dataset.digest == \
         parent.data.tags["shrinkflow.data_fingerprint"][:16]
     import mlflow
 
     logged = mlflow.get_logged_model(first.models["teacher"]["model_id"])
     assert logged.source_run_id == child.info.run_id
+    parent_artifacts = {a.path for a in c.list_artifacts(first.run.run_id)}
+    assert "latency-onnxruntime.json" in parent_artifacts and "params.yaml" in parent_artifacts
 
-    # DVC: outputs in dvc.lock and in the remote.
+    # DVC: outputs in dvc.lock and in the remote; plots data beside the metrics.
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train", "convert", "validate",
                                    *(f"compress@{m}" for m in MODELS[1:])}
@@ -95,6 +105,8 @@ def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
     assert first.dvc["dvc_pushed"] > 0
     metrics_file = json.loads((workspace / "metrics" / "validate.json").read_text())
     assert metrics_file["teacher"]["gate_passed"] is True
+    assert (workspace / "metrics" / "pareto.json").is_file()
+    assert (workspace / "metrics" / "curves" / "teacher.json").is_file()
 
     # Gates, selection, registry: the selected model is the first champion.
     assert first.selected in MODELS and first.report and Path(first.report).is_file()
@@ -105,35 +117,46 @@ def test_flow_end_to_end_then_served_from_cache(prefect_harness, workspace):
     champion = c.get_model_version_by_alias("shrinkflow-digits", "champion")
     assert champion.tags["shrinkflow.variant"] == first.selected
     assert champion.tags["shrinkflow.lineage"].startswith("teacher")
+    assert first.selected in champion.description and "Gates:" in champion.description
 
-    # Nothing changed: every step is served from the cache; nothing trains; the same
-    # model is selected again: no new version, champion kept with a reason.
+    # The same flow again: every step from the store, every model run kept (no new run,
+    # no new LoggedModel), the same version, the champion kept.
+    n_models = len(mlflow.search_logged_models(experiment_ids=[first.run.experiment_id]))
     second = run_pipeline(params, workspace)
     assert second.computed == []
     assert sorted(second.reused) == sorted(first.computed)
-    assert second.metrics == first.metrics
+    assert all(m["reused"] for m in second.models.values())
+    assert len(mlflow.search_logged_models(experiment_ids=[first.run.experiment_id])) == n_models
     assert second.registered_version == first.registered_version
     assert not second.promotion["promoted"]
     assert second.promotion["reason"] == "already the champion"
 
+    # The command line with nothing changed: no flow, no new run, in seconds.
     from typer.testing import CliRunner
 
-    from shrinkflow.cli import app
+    from shrinkflow.app.cli import app
+
+    runs_before = len(c.search_runs([first.run.experiment_id]))
+    start = time.perf_counter()
+    out = CliRunner().invoke(app, ["run", "--workspace", str(workspace)], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "nothing changed since run" in out.output and "champion v1 kept" in out.output
+    assert time.perf_counter() - start < 30  # ~3-5 s on an idle machine
+    assert len(c.search_runs([first.run.experiment_id])) == runs_before
 
     listed = CliRunner().invoke(app, ["models", "--workspace", str(workspace)],
                                 env={"COLUMNS": "200"})
     assert listed.exit_code == 0, listed.output
     assert "champion" in listed.output and first.selected in listed.output
 
-    # A deleted output is noticed and recomputed, not silently returned from the cache.
+    # A deleted output is noticed: published again from the store, nothing recomputed.
     (workspace / "onnx" / "teacher.onnx").unlink()
     third = run_pipeline(params, workspace)
-    assert third.computed == ["teacher:convert"]
-    assert (workspace / "onnx" / "teacher.onnx").is_file()
+    assert third.computed == [] and (workspace / "onnx" / "teacher.onnx").is_file()
 
 
 def test_failing_gate_logs_metrics_and_fails_the_run(prefect_harness, workspace):
-    from flows.pipeline import run_pipeline
+    from shrinkflow.flows.pipeline import run_pipeline
 
     overrides = [*fast_overrides(1), "validate.gates.max_abs_diff=1e-12"]
     params = load_params(workspace / "params.yaml", overrides)
@@ -145,7 +168,7 @@ def test_failing_gate_logs_metrics_and_fails_the_run(prefect_harness, workspace)
     parent = next(r for r in runs if r.data.tags.get("shrinkflow.step") == "pipeline")
     child = next(r for r in runs if r.info.run_name == "teacher")
     assert parent.info.status == "FAILED"
-    assert "gate" in parent.data.tags["shrinkflow.error"]
+    assert "gate" in parent.data.tags["shrinkflow.error"].lower()
     assert child.data.tags["shrinkflow.gate"] == "fail"
     assert "parity_max_abs_diff" in child.data.metrics
     assert not (workspace / "dvc.lock").exists()  # failed outputs are not recorded

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from shrinkflow import data
-from shrinkflow.artifacts import dir_sha256
-from shrinkflow.config import PrepareParams
-from shrinkflow.errors import ShrinkflowError
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.files import dir_sha256
+from shrinkflow.data import prepare as data
+from shrinkflow.data.prepare import PrepareParams
 
 
 def test_split_is_deterministic_and_disjoint():
@@ -30,7 +30,7 @@ def test_split_is_stratified():
         assert share == pytest.approx(0.25, abs=0.02)
 
 
-def test_prepare_digits_writes_normalised_splits(tmp_path):
+def test_prepare_digits_splits_and_normalises_on_load(tmp_path):
     art = data.prepare(PrepareParams(), tmp_path / "p")
     assert (art.n_train, art.n_val, art.n_test) == (1167, 270, 360)
     splits = data.load_prepared(art.path)
@@ -101,7 +101,7 @@ def test_npz_source_and_its_errors(tmp_path):
     art = data.prepare(PrepareParams(dataset="npz", path=str(f)), tmp_path / "p")
     assert art.num_classes == 3 and art.input_shape == (1, 6, 6)
     np.savez(tmp_path / "bad.npz", a=np.zeros(3))
-    with pytest.raises(ShrinkflowError, match="needs arrays named x and y"):
+    with pytest.raises(ShrinkflowError, match="needs array.s. named x, y"):
         data.prepare(PrepareParams(dataset="npz", path=str(tmp_path / "bad.npz")), tmp_path / "q")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ShrinkflowError, match="not a readable .npz"):
@@ -124,8 +124,29 @@ def test_load_prepared_without_prepare_is_a_clear_error(tmp_path):
 
 
 def test_relative_source_paths_mean_the_workspace(tmp_path):
-    rel = data.resolve_source(PrepareParams(dataset="npz", path="data/raw/x.npz"), tmp_path)
+    rel = PrepareParams(dataset="npz", path="data/raw/x.npz").resolved(tmp_path)
     assert rel.path == str(tmp_path / "data/raw/x.npz")
     absolute = PrepareParams(dataset="npz", path="/abs/x.npz")
-    assert data.resolve_source(absolute, tmp_path) == absolute
-    assert data.resolve_source(PrepareParams(), tmp_path) == PrepareParams()
+    assert absolute.resolved(tmp_path) == absolute
+    assert PrepareParams().resolved(tmp_path) == PrepareParams()
+
+
+def test_same_bytes_under_another_name_are_the_same_data(tmp_path):
+    from shrinkflow.data.sources import source_fingerprint
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", x=rng.integers(0, 255, (60, 4, 4)), y=np.arange(60) % 3)
+    (tmp_path / "b.npz").write_bytes((tmp_path / "a.npz").read_bytes())
+    a = data.prepare(PrepareParams(dataset="npz", path=str(tmp_path / "a.npz")), tmp_path / "pa")
+    b = data.prepare(PrepareParams(dataset="npz", path=str(tmp_path / "b.npz")), tmp_path / "pb")
+    assert a.sha256 == b.sha256  # the name is not in meta.json
+    assert source_fingerprint(PrepareParams(dataset="npz", path=str(tmp_path / "a.npz"))) == \
+        source_fingerprint(PrepareParams(dataset="npz", path=str(tmp_path / "b.npz")))
+
+
+def test_prepared_arrays_are_raw_and_normalised_on_load(tmp_path):
+    art = data.prepare(PrepareParams(), tmp_path / "p")
+    x, _, meta = data.raw_test_split(art.path)
+    assert x.max() == 16.0 and x.min() == 0.0  # digits' own scale
+    np.testing.assert_array_equal(data.normalize(x, meta), data.load_prepared(art.path).x_test)
+    assert data.fingerprint_of(art.path) == art.fingerprint

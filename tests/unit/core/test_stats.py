@@ -1,0 +1,63 @@
+"""Speed verdicts on synthetic samples: equal distributions are not distinguishable, a
+20 % difference is, and the same samples always give the same verdict."""
+
+import numpy as np
+import pytest
+
+from shrinkflow.core import stats
+
+
+def rounds(median: float, n_rounds: int, per_round: int, noise: float, seed: int,
+           drift: list[float] | None = None) -> list[list[float]]:
+    """Latency samples: lognormal noise around ``median``, optionally a slow drift per
+    round shared by every model measured in that round (a busy neighbour)."""
+    rng = np.random.default_rng(seed)
+    drift = drift or [1.0] * n_rounds
+    return [list(median * d * rng.lognormal(0, noise, per_round)) for d in drift]
+
+
+def test_equal_distributions_are_not_distinguishable():
+    for seed in range(20):
+        a, b = rounds(2.0, 6, 20, 0.2, seed), rounds(2.0, 6, 20, 0.2, seed + 100)
+        speed = stats.speedup(stats.ratio_interval(a, b))
+        assert stats.compare(speed) == stats.SAME, (seed, stats.describe(speed))
+
+
+def test_twenty_percent_apart_is_faster():
+    for seed in range(20):
+        parent, child = rounds(2.0, 6, 20, 0.2, seed), rounds(1.6, 6, 20, 0.2, seed + 100)
+        speed = stats.speedup(stats.ratio_interval(parent, child))
+        assert stats.compare(speed) == stats.FASTER
+        assert speed.low > 0 and speed.contains(0.25)
+        slower = stats.speedup(stats.ratio_interval(child, parent))
+        assert stats.compare(slower) == stats.SLOWER
+
+
+def test_pairing_by_round_cancels_a_shared_drift():
+    drift = [1.0, 1.6, 0.9, 2.0, 1.1, 1.4]  # another job slows some rounds a lot
+    parent = rounds(2.0, 6, 20, 0.05, 1, drift)
+    child = rounds(1.6, 6, 20, 0.05, 2, drift)
+    speed = stats.speedup(stats.ratio_interval(parent, child))
+    assert stats.compare(speed) == stats.FASTER and speed.high - speed.low < 0.1
+
+
+def test_same_samples_same_interval():
+    a, b = rounds(2.0, 6, 20, 0.3, 1), rounds(1.9, 6, 20, 0.3, 2)
+    assert stats.ratio_interval(a, b) == stats.ratio_interval(a, b)
+
+
+def test_undecided_when_the_interval_straddles_the_threshold():
+    i = stats.Interval(0.04, -0.01, 0.09, 0.95, 6)
+    assert stats.undecided(i, 0.05) and not stats.undecided(i, 0.2)
+    assert stats.describe(i) == "+4.0 % (95 % CI -1.0 % … +9.0 %)"
+
+
+def test_quantile_interval_brackets_the_estimate_and_covers_the_truth():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(200):
+        x = rng.exponential(1.0, 200)
+        i = stats.quantile_interval(x, 0.5)
+        assert i.low <= i.estimate <= i.high
+        covered += i.contains(np.log(2))  # the true median of Exp(1)
+    assert covered / 200 == pytest.approx(0.95, abs=0.04)
