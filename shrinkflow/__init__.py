@@ -1,0 +1,1 @@
+"""shrinkflow: train, compress, convert, validate and prove; see README.md."""

@@ -59,7 +59,7 @@ class ModelArtifact(Artifact):
     # How the step went (epochs run, best validation accuracy, seconds, ...).
     summary: dict[str, float] = {}
     # Per-epoch curves (train_loss, val_accuracy) of a step that trained.
-    history: list[dict[str, float]] = []
+    history: list[dict[str, float | str]] = []
 
 
 class ExportArtifact(Artifact):

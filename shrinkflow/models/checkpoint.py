@@ -26,7 +26,7 @@ def save_checkpoint(model: nn.Module, arch: ArchParams, path: str | Path, **info
     """Write a weights-only checkpoint atomically; return its sha256.
 
     ``info`` holds primitives describing how the model was made (input_shape,
-    num_classes, norm, step, config, parent, masks, ...).
+    num_classes, norm, step, config, parent, masks, history, ...).
     """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "arch": arch.model_dump(mode="json"),
@@ -68,7 +68,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def model_record(path: str | Path, summary: dict[str, float] | None = None,
                  name: str | None = None, parent: str | None = None,
-                 history: list[dict[str, float]] | None = None) -> ModelArtifact:
+                 history: list[dict[str, float | str]] | None = None) -> ModelArtifact:
     """The record of a checkpoint on disk; ``name``/``parent`` label it (default: the
     names stored in it)."""
     model, ckpt = load_checkpoint(path)
@@ -78,5 +78,8 @@ def model_record(path: str | Path, summary: dict[str, float] | None = None,
         step=ckpt["step"], config_hash=ckpt["config_hash"],
         parent=parent if parent is not None else ckpt.get("parent"),
         data_fingerprint=ckpt["data_fingerprint"], num_params=total, nonzero_params=nonzero,
-        summary=summary or {}, history=history or [],
+        summary=summary or {},
+        # Every training step of the chain, each row tagged with its step (stored in the
+        # checkpoint, so a DVC stage reading the published file has it too).
+        history=history if history is not None else list(ckpt.get("history", [])),
     )

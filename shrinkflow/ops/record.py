@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -102,19 +104,13 @@ def metrics_document(results: list[ModelResult], decision: Decision) -> dict[str
 
 
 def curves(plan: Plan, records: dict[str, StepRecord]) -> dict[str, list[dict[str, Any]]]:
-    """Per-epoch training curves of the steps each model added (for ``dvc plots``):
-    model -> rows {epoch (running over its steps), step, train_loss, val_accuracy}."""
+    """Per-epoch training curves of every model's whole chain (for ``dvc plots``): model ->
+    rows {epoch (running over the chain), step, step_epoch, train_loss, val_accuracy}."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name, mp in plan.models.items():
-        rows = []
-        for sid in mp.chain:
-            rec = records[sid]
-            if rec.record_type != "ModelArtifact" or plan.step(sid).model != name:
-                continue
-            for h in rec.output().history:
-                rows.append({**h, "step_epoch": h["epoch"], "epoch": len(rows) + 1,
-                             "step": rec.kind})
-        out[name] = rows
+        history = records[mp.checkpoint].output().history
+        out[name] = [{**h, "step_epoch": h["epoch"], "epoch": i + 1}
+                     for i, h in enumerate(history)]
     return out
 
 
@@ -126,6 +122,7 @@ def write_metrics(ws: Workspace, plan: Plan, records: dict[str, StepRecord],
     files: dict[Path, Any] = {ws.validate_metrics: metrics_document(results, decision),
                               ws.root / "metrics" / "pareto.json": pareto_points(results, decision)}
     curve_dir = ws.root / "metrics" / "curves"
+    curve_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in curves(plan, records).items():
         if rows:
             files[curve_dir / f"{name}.json"] = rows
@@ -307,7 +304,10 @@ def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord], results:
 
         with mlflow.start_run(run_id=run_id):
             mlflow.log_input(dataset, context="test")
-        c.log_artifact(run_id, ckpt.path, artifact_path="checkpoint")
+        with tempfile.TemporaryDirectory() as d:  # stored under the model's own name
+            named = Path(d) / f"{name}.pt"
+            shutil.copyfile(ckpt.path, named)
+            c.log_artifact(run_id, str(named), artifact_path="checkpoint")
         lineage = build_lineage(plan, records, name, parent_run, info)
         lineage.model.onnx.mlflow_uri = stored["model_uri"]
         lineage.model.onnx.mlflow_location = stored["location"]
@@ -326,19 +326,20 @@ def _log_curves(c, run_id: str, plan: Plan, records: dict[str, StepRecord], name
     metrics (``system/<step>/cpu_percent``, ``rss_mb``) of the steps this model added."""
     from mlflow.entities import Metric
 
-    items = []
+    items, now, seen = [], int(time.time() * 1000), 0
     for sid in plan.models[name].chain:
         rec = records[sid]
+        rows = rec.output().history if rec.record_type == "ModelArtifact" else []
+        own, seen = rows[seen:], len(rows)  # a checkpoint holds its parents' rows first
         if plan.step(sid).model != name:
             continue
-        base = int(time.time() * 1000)
-        for h in rec.output().history if rec.record_type == "ModelArtifact" else []:
+        for h in own:
             for k in ("train_loss", "val_accuracy"):
                 if k in h:
-                    items.append(Metric(f"{rec.kind}/{k}", float(h[k]), base, int(h["epoch"])))
+                    items.append(Metric(f"{rec.kind}/{k}", float(h[k]), now, int(h["epoch"])))
         for i, s in enumerate(rec.system):
             for k in ("cpu_percent", "rss_mb"):
-                items.append(Metric(f"system/{rec.kind}/{k}", float(s[k]), base, i))
+                items.append(Metric(f"system/{rec.kind}/{k}", float(s[k]), now, i))
     for i in range(0, len(items), 500):
         c.log_batch(run_id, metrics=items[i:i + 500])
 

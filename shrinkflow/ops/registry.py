@@ -193,8 +193,9 @@ def register(uri: str, name: str, model_uri: str, run_id: str, values: dict[str,
                 return version
     all_tags = {**tags, **{f"{METRIC_TAG}{k}": f"{values[k]:.8g}" for k in KEY_METRICS
                            if k in values}}
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     mv = c.create_model_version(name, source=model_uri, run_id=run_id, tags=all_tags,
-                                description=description)
+                                description=description, model_id=model_id)
     version = str(mv.version)
     c.set_registered_model_alias(name, challenger, version)
     record_event(c, name, version, challenger, command,

@@ -226,12 +226,14 @@ def derive(parent: ModelArtifact, model: nn.Module, arch: ArchParams, step: Sect
     parent_ckpt = read_checkpoint(parent.path)
     lineage = [*parent_ckpt.get("lineage", []),
                {"step": parent.step, "sha256": parent.sha256, "config_hash": parent.config_hash}]
+    curves = [*parent_ckpt.get("history", []),
+              *({**h, "step": step.kind} for h in history or [])]
     save_checkpoint(model, arch, out_path, step=step.kind, name=step.kind, parent=None,
                     parent_sha256=parent.sha256, config=step.model_dump(mode="json"),
-                    config_hash=step.config_hash(), lineage=lineage,
+                    config_hash=step.config_hash(), lineage=lineage, history=curves,
                     masks={k: v.detach().to(torch.uint8) for k, v in (masks or {}).items()},
                     qat=qat, **checkpoint_info(data, splits))
-    return model_record(out_path, summary=summary, history=history)
+    return model_record(out_path, summary=summary)
 
 
 def load_masks(ckpt: dict) -> dict[str, torch.Tensor]:

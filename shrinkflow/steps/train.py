@@ -40,5 +40,6 @@ def run(config: TrainParams, ctx: Context, data: DataArtifact) -> ModelArtifact:
     out = ctx.out_dir / "model.pt"
     save_checkpoint(model, config.model, out, step="train", name=ctx.model, parent=None,
                     config=config.model_dump(mode="json"), config_hash=config.config_hash(),
+                    history=[{**h, "step": "train"} for h in result.history],
                     **checkpoint_info(data, splits))
-    return model_record(out, summary=result.summary(), history=result.history)
+    return model_record(out, summary=result.summary())

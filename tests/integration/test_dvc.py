@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from shrinkflow.config import load_params
+from shrinkflow.plan.params import load_params
 from tests.conftest import fast_overrides, make_workspace, venv_env, write_params
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ def run(cmd, cwd):
 
 
 def test_dvc_repro_matches_flow_and_clean_clone_pulls(prefect_harness, tmp_path):
-    from flows.pipeline import run_pipeline
+    from shrinkflow.flows.pipeline import run_pipeline
 
     dvc = [sys.executable, "-m", "dvc"]
     flow_ws = make_workspace(tmp_path / "flow", tmp_path / "remote")

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shrinkflow import registry
-from shrinkflow.config import load_params
-from shrinkflow.errors import ShrinkflowError
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.decide.promotion import RegistryParams
+from shrinkflow.decide.select import SelectParams
+from shrinkflow.ops import registry
 
 pytestmark = pytest.mark.slow
 NAME = "shrinkflow-test"
@@ -43,7 +45,7 @@ def tiny_onnx(weight_scale: float, pad: int = 0):
 def add_version(uri, acc, size, pad=0, fp=FP, gate="pass"):
     import mlflow
 
-    from shrinkflow.tracking import client
+    from shrinkflow.ops.tracking import client
 
     client(uri)
     mlflow.set_experiment("registry-test")
@@ -60,30 +62,36 @@ def uri(tmp_path):
 
 
 def champion(uri):
-    from shrinkflow.tracking import client
+    from shrinkflow.ops.tracking import client
 
-    mv = registry.get_alias(client(uri), NAME, registry.CHAMPION)
+    mv = registry.get_alias(client(uri), NAME, "champion")
     return str(mv.version) if mv else None
 
 
+SMALLEST, RULE = SelectParams(), RegistryParams()
+
+
+def promote(uri, version, command="test", select=SMALLEST, **kwargs):
+    return registry.promote(uri, NAME, version, select, RULE, command, **kwargs)
+
+
 def test_promotion_refusal_force_and_rollback(uri):
-    p = load_params(None)
     v1 = add_version(uri, 0.95, 1000)
-    first = registry.promote(uri, NAME, None, p, "test")  # the challenger, no champion yet
+    first = promote(uri, None)  # the challenger, no champion yet
     assert first.promoted and champion(uri) == v1 and "no champion yet" in first.reason
 
     v2 = add_version(uri, 0.90, 500)  # smaller but 5 pp less accurate
-    refused = registry.promote(uri, NAME, None, p, "test")
+    refused = promote(uri, None)
     assert not refused.promoted and champion(uri) == v1
     assert "5.00 pp less accurate" in refused.reason
 
     v3 = add_version(uri, 0.95, 800)  # as accurate and smaller: wins
-    won = registry.promote(uri, NAME, v3, p, "test")
+    won = promote(uri, v3)
     assert won.promoted and champion(uri) == v3 and won.champion_before == v1
 
     with pytest.raises(ShrinkflowError, match="needs --reason"):
-        registry.promote(uri, NAME, v2, p, "test", force=True)
-    forced = registry.promote(uri, NAME, v2, p, "test --force", force=True, reason="hotfix")
+        promote(uri, v2, force=True)
+    forced = promote(uri, v2, "test --force", force=True, reason="hotfix")
     assert forced.promoted and champion(uri) == v2
 
     back = registry.rollback(uri, NAME, "test rollback", "v2 broke prod")
@@ -91,43 +99,83 @@ def test_promotion_refusal_force_and_rollback(uri):
     rows = {r["version"]: r for r in registry.list_versions(uri, NAME)}
     assert rows[v3]["aliases"] == ["challenger", "champion"] and rows[v2]["aliases"] == ["previous"]
     assert rows[v2]["last_event"]["action"] == "rolled back"
-    from shrinkflow.tracking import client
+    from shrinkflow.ops.tracking import client
 
-    history = registry.events(client(uri).get_model_version(NAME, v2))
+    history = registry.history(client(uri), NAME, v2)
     assert [e["action"] for e in history] == ["challenger", "not promoted", "champion",
                                               "rolled back"]
     assert "forced: hotfix" in history[2]["reason"] and history[2]["by"] == "test --force"
 
 
+def test_the_whole_history_is_kept(uri):
+    from shrinkflow.ops.tracking import client
+
+    v1 = add_version(uri, 0.95, 1000)
+    v2 = add_version(uri, 0.95, 900)
+    promote(uri, v1)
+    for i in range(40):  # far more than one tag's 5000 characters of events
+        promote(uri, v2 if i % 2 == 0 else v1, force=True, reason=f"flip {i} " + "x" * 100)
+    log = registry.history(client(uri), NAME)
+    assert len(log) == 2 + 1 + 40 * 2  # challenger x2, first champion, each flip + previous
+    assert any(e["reason"].startswith("forced: flip 0 ") for e in log)
+
+
+def test_targets_have_their_own_aliases(uri):
+    v1 = add_version(uri, 0.95, 1000)
+    v2 = add_version(uri, 0.95, 500)
+    promote(uri, v1, target="openvino")
+    promote(uri, v2, target="openvino")
+    rows = {r["version"]: r for r in registry.list_versions(uri, NAME)}
+    assert "champion-openvino" in rows[v2]["aliases"] and "previous-openvino" in rows[v1]["aliases"]
+    assert champion(uri) is None  # the default target's champion is untouched
+    registry.rollback(uri, NAME, "test", "back", target="openvino")
+    rows = {r["version"]: r for r in registry.list_versions(uri, NAME)}
+    assert "champion-openvino" in rows[v1]["aliases"]
+
+
+def test_a_latency_objective_promotes_only_on_a_gain_measured_side_by_side(uri):
+    v1 = add_version(uri, 0.95, 1000)
+    promote(uri, v1)
+    v2 = add_version(uri, 0.95, 1000, pad=30)  # the same network: not faster
+    x = np.random.default_rng(0).standard_normal((300, 1, 2, 2)).astype(np.float32)
+    data = (x, np.zeros(300, np.int64), FP)
+    result = promote(uri, v2, select=SelectParams(objective="fastest"), test_data=data)
+    assert not result.promoted and "measured side by side" in result.reason
+    assert result.measurement["machine"] and result.measurement["rounds"] >= 2
+    from shrinkflow.ops.tracking import client
+
+    event = registry.history(client(uri), NAME, v2)[-1]
+    assert event["measurement"]["speedup"]["low"] <= 0 <= event["measurement"]["speedup"]["high"]
+
+
 def test_gate_failures_are_never_promoted_and_other_data_is_re_evaluated(uri):
-    p = load_params(None)
     add_version(uri, 0.95, 1000)
-    registry.promote(uri, NAME, None, p, "test")
+    promote(uri, None)
     failing = add_version(uri, 0.99, 10, gate="fail")
-    assert not registry.promote(uri, NAME, failing, p, "test").promoted
+    assert not promote(uri, failing).promoted
 
     # Champion measured on other data: without test data there is no fair comparison ...
     other = add_version(uri, 0.99, 100, fp="0" * 64)
-    with pytest.raises(ShrinkflowError, match="different data"):
-        registry.promote(uri, NAME, other, p, "test")
+    with pytest.raises(ShrinkflowError, match="needs the test data"):
+        promote(uri, other)
     # ... with it, both are re-evaluated now (same weights, so same accuracy; smaller wins).
     x = np.random.default_rng(0).standard_normal((50, 1, 2, 2)).astype(np.float32)
     y = np.zeros(50, np.int64)
-    result = registry.promote(uri, NAME, other, p, "test", (x, y, "0" * 64))
+    result = promote(uri, other, test_data=(x, y, "0" * 64))
     assert "re-evaluated on the current test data" in result.reason
 
 
 def _promote_in_process(uri, version, queue):
-    from shrinkflow.env import setup
+    from shrinkflow.core.env import setup
 
     setup()
-    result = registry.promote(uri, NAME, version, load_params(None), f"race {version}")
+    result = promote(uri, version, f"race {version}")
     queue.put((version, result.promoted, result.reason))
 
 
 def test_concurrent_promotions_compare_and_set(uri):
     add_version(uri, 0.95, 1000)
-    registry.promote(uri, NAME, None, load_params(None), "test")
+    promote(uri, None)
     v_small = add_version(uri, 0.95, 500, pad=10)
     v_mid = add_version(uri, 0.95, 600, pad=20)
     ctx = mp.get_context("spawn")
@@ -150,11 +198,11 @@ def test_concurrent_promotions_compare_and_set(uri):
 
 
 def test_predict_on_the_champion(uri, tmp_path):
-    from shrinkflow.predict import predict
-    from shrinkflow.tracking import client
+    from shrinkflow.app.predict import predict
+    from shrinkflow.ops.tracking import client
 
     add_version(uri, 0.95, 1000)
-    registry.promote(uri, NAME, None, load_params(None), "test")
+    promote(uri, None)
     client(uri)
     x = np.random.default_rng(1).standard_normal((7, 2, 2)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
@@ -163,6 +211,27 @@ def test_predict_on_the_champion(uri, tmp_path):
     np.testing.assert_array_equal(out["pred"], (x.reshape(7, 4) @ w).argmax(1))
     assert set(out["labels"]) <= {"a", "b", "c"}
     assert np.load(tmp_path / "out.npz")["probs"].shape == (7, 3)
+    np.savez(tmp_path / "bad.npz", x=np.zeros((2, 3, 3)))
     with pytest.raises(ShrinkflowError, match="shape"):
-        np.savez(tmp_path / "bad.npz", x=np.zeros((2, 3, 3)))
         predict(f"models:/{NAME}@champion", tmp_path / "bad.npz")
+
+    # A registered version is served only while the stored file is the registered one.
+    import mlflow
+
+    from shrinkflow.core.files import file_sha256
+
+    c = client(uri)
+    mv = c.get_model_version_by_alias(NAME, "champion")
+    stored = mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion",
+                                                 dst_path=str(tmp_path / "dl"))
+    onnx_file = next(Path(stored).rglob("*.onnx"))
+    c.set_model_version_tag(NAME, mv.version, "shrinkflow.mlflow_sha256", file_sha256(onnx_file))
+    predict(f"models:/{NAME}@champion", tmp_path / "in.npz")  # intact: served
+    logged = mlflow.get_logged_model(mv.source.removeprefix("models:/"))
+    location = logged.artifact_location.removeprefix("file://")
+    swapped = tiny_onnx(-1.0)  # another valid ONNX model in the store
+    import onnx
+
+    onnx.save(swapped, next(Path(location).rglob("*.onnx")))
+    with pytest.raises(ShrinkflowError, match="not the one registered"):
+        predict(f"models:/{NAME}@champion", tmp_path / "in.npz")

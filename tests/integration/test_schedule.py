@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shrinkflow.localserver import prefect_server as local_prefect_server
-from shrinkflow.localserver import serving
+from shrinkflow.app.localserver import prefect_server as local_prefect_server
+from shrinkflow.app.localserver import serving
 from tests.conftest import fast_overrides, make_workspace, venv_env, write_params
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_serve_then_skip_then_recalibrate_only(prefect_server, tmp_path):
         with serving(ws, url, DEPLOYMENT, env, tmp_path / "serve.log", ["--cron", "0 3 * * *"]):
             # 1. First run: everything computed, the selected model becomes champion.
             _, first = _trigger(url)
-            assert first.status == "ran" and "train" in first.computed
+            assert first.status == "ran" and "teacher:train" in first.computed
             assert first.promotion["promoted"]
 
             # 2. Nothing changed: skipped, nothing trained, no new MLflow run.
@@ -57,9 +57,9 @@ def test_serve_then_skip_then_recalibrate_only(prefect_server, tmp_path):
             write_params(ws, overrides)
             _, third = _trigger(url)
             assert third.status == "ran" and third.changed == ["params.variants.pr_q8"]
-            assert "pr_q8:convert" in third.computed
-            assert not any(step in third.computed for step in ("prepare", "train", "pr:prune",
-                                                               "pr:finetune"))
-            assert "train" in third.reused
+            assert "pr_q8:quantize" in third.computed
+            assert not any(step in third.computed for step in ("prepare", "teacher:train",
+                                                               "pr:prune", "pr:finetune"))
+            assert "teacher:train" in third.reused
     finally:
         print((tmp_path / "serve.log").read_text()[-3000:])

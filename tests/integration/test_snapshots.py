@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from shrinkflow.config import PrepareParams
-from shrinkflow.data import resolve_source, source_fingerprint
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.snapshots import SNAPSHOT, add_snapshot
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.data.prepare import PrepareParams
+from shrinkflow.data.sources import source_fingerprint
+from shrinkflow.ops.snapshots import SNAPSHOT, add_snapshot
 from tests.conftest import make_workspace
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def test_data_add_versions_a_snapshot_and_changes_the_fingerprint(tmp_path):
     assert first["examples"] == 60 and first["classes"] == 3
     assert (ws / f"{SNAPSHOT}.dvc").is_file() and "prepare.dataset: npz" in first["params_note"]
     assert any((tmp_path / "remote").rglob("*"))  # pushed
-    params = resolve_source(PrepareParams(dataset="npz", path=str(SNAPSHOT)), ws)
+    params = PrepareParams(dataset="npz", path=str(SNAPSHOT)).resolved(ws)
     before = source_fingerprint(params)
 
     second = add_snapshot(_npz(tmp_path / "b.npz", 1), ws)
@@ -40,8 +40,13 @@ def test_data_add_refuses_bad_input_and_leaves_nothing(tmp_path):
     ws = make_workspace(tmp_path / "ws", tmp_path / "remote")
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((3, 4, 4)))
-    with pytest.raises(ShrinkflowError, match="arrays x and y"):
+    with pytest.raises(ShrinkflowError, match="needs array.s. named x, y"):
         add_snapshot(bad, ws)
+    for x, y, message in ((np.full((30, 4, 4), np.nan), np.arange(30) % 3, "NaN"),
+                          (np.zeros((30, 4, 4)), np.arange(30) % 3 - 1, "negative label")):
+        np.savez(bad, x=x, y=y)
+        with pytest.raises(ShrinkflowError, match=message):
+            add_snapshot(bad, ws)
     assert not (ws / SNAPSHOT).exists()
     with pytest.raises(ShrinkflowError, match="not a DVC workspace"):
         add_snapshot(_npz(tmp_path / "a.npz", 0), tmp_path)

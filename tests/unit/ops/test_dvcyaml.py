@@ -24,7 +24,7 @@ def test_committed_dvc_yaml_is_what_the_code_generates():
 def test_every_step_kind_runs_in_exactly_one_stage():
     covered = [k for ks, _, _ in dvcyaml.STAGES.values() for k in ks]
     assert set(covered) == set(kinds())
-    for name, stage in DVC.items():
+    for name in DVC:
         assert _stage(name)["cmd"].startswith(
             f"python -m shrinkflow.tasks {name}")
 

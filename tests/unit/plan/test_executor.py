@@ -2,11 +2,12 @@
 files hold the recorded bytes; a moved workspace keeps its store."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from shrinkflow.core.workspace import Workspace
-from shrinkflow.plan.executor import execute, published_intact, publish, resolve_cached
+from shrinkflow.plan.executor import execute, publish, published_intact, resolve_cached
 from shrinkflow.plan.params import load_params
 from shrinkflow.plan.plan import build_plan
 from shrinkflow.plan.store import Store
@@ -45,15 +46,14 @@ def test_a_second_execution_is_served_from_the_store(done):
 
 def test_a_changed_stored_file_is_recomputed(done):
     ws, plan, records = done
-    path = records["pr:prune"].record["path"]
-    original = open(path, "rb").read()
-    with open(path, "ab") as f:
-        f.write(b"tampered")
+    path = Path(records["pr:prune"].record["path"])
+    original = path.read_bytes()
+    path.write_bytes(original + b"tampered")
     cached = resolve_cached(plan, Store(ws.store_dir), plan.steps)
     assert "pr:prune" not in cached and "teacher:train" in cached
     again = execute(plan, ws)
     assert not again["pr:prune"].cached
-    assert open(again["pr:prune"].record["path"], "rb").read() == original  # deterministic
+    assert Path(again["pr:prune"].record["path"]).read_bytes() == original  # deterministic
     assert again["pr:convert"].cached  # same bytes in, same key: downstream is still valid
 
 
