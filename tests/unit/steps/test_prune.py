@@ -61,7 +61,10 @@ def test_prune_then_finetune_keeps_masks(tiny, tmp_path):
         assert torch.all(params[name][mask == 0] == 0), name
     assert P.sparsity(model) == pytest.approx(0.8, abs=0.01)
     assert tuned.nonzero_params < 0.3 * tuned.num_params
-    assert [h["epoch"] for h in tuned.history] == [1, 2]  # curves travel with the record
+    # The checkpoint carries the chain's curves: the teacher's epochs, then its own.
+    assert [(h["step"], h["epoch"]) for h in tuned.history][-2:] == [("finetune", 1),
+                                                                     ("finetune", 2)]
+    assert tuned.history[0]["step"] == "train"
 
 
 @pytest.mark.parametrize("step", [
