@@ -1,10 +1,11 @@
 """Latency is a sample, not a number: percentiles with distribution-free confidence
 intervals, and speed ratios between two models measured side by side.
 
-A comparison pairs the two models round by round (rounds are interleaved, so slow
-phases of a shared machine hit both), takes each round's median, and puts a paired
-t-interval on the log of the ratio. Everything here is a pure function of the samples:
-the same samples always give the same verdict.
+A comparison pairs the two models round by round (rounds are short and interleaved, so
+a slow phase of a shared machine hits both), takes each round's fastest call (the
+interference of other work only ever adds time), and puts a paired t-interval on the log
+of the ratio. Everything here is a pure function of the samples: the same samples
+always give the same verdict.
 """
 
 from __future__ import annotations
@@ -50,20 +51,21 @@ def quantile_interval(samples: np.ndarray | list[float], q: float, confidence: f
     return Interval(est, min(lo, est), max(hi, est), confidence, n)
 
 
-def round_medians(rounds: list[list[float]]) -> np.ndarray:
-    """The median of each round's samples."""
-    return np.array([float(np.median(r)) for r in rounds if len(r)], dtype=np.float64)
+def round_minima(rounds: list[list[float]]) -> np.ndarray:
+    """The fastest call of each round."""
+    return np.array([float(np.min(r)) for r in rounds if len(r)], dtype=np.float64)
 
 
 def ratio_interval(numerator: list[list[float]], denominator: list[list[float]],
                    confidence: float = 0.95) -> Interval:
     """numerator / denominator of two models' latencies (e.g. parent / child: above 1
     means the child is faster), paired by round: a t-interval on the mean of the per-round
-    log ratios, returned as ratios. Rounds missing on either side are dropped."""
+    log ratios of each round's fastest call, returned as ratios. Rounds missing on either
+    side are dropped."""
     from scipy.stats import t
 
     n = min(len(numerator), len(denominator))
-    a, b = round_medians(numerator[:n]), round_medians(denominator[:n])
+    a, b = round_minima(numerator[:n]), round_minima(denominator[:n])
     n = min(len(a), len(b))
     d = np.log(a[:n]) - np.log(b[:n])
     mean = float(d.mean()) if n else 0.0

@@ -53,13 +53,14 @@ class ValidateGates(Section):
 class ValidateParams(Section):
     # Intra-op threads of the runtime for latency (1 = the comparable, single-core number).
     threads: Int = Field(1, ge=1, le=256)
-    warmup: Int = Field(5, ge=0, le=10_000)
-    # Timed calls per model, batch and round.
-    repeats_b1: Int = Field(100, ge=3, le=100_000)
-    repeats_b256: Int = Field(20, ge=3, le=100_000)
+    # Untimed calls per model, batch and round (the previous model evicted the caches).
+    warmup: Int = Field(1, ge=0, le=10_000)
+    # Timed calls per model, batch and round: short rounds pair the models closely.
+    repeats_b1: Int = Field(30, ge=1, le=100_000)
+    repeats_b256: Int = Field(5, ge=1, le=100_000)
     # Interleaved rounds; comparisons still undecided get more, up to max_rounds.
-    rounds: Int = Field(6, ge=2, le=1000)
-    max_rounds: Int = Field(16, ge=2, le=1000)
+    rounds: Int = Field(12, ge=2, le=10_000)
+    max_rounds: Int = Field(40, ge=2, le=10_000)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     # Conversion parity of float models: the runtime against the same torch model.
     gates: ValidateGates = Field(default_factory=ValidateGates)
@@ -81,11 +82,11 @@ class LatencyStep(Section):
 
     target: str = "onnxruntime"
     threads: Int = 1
-    warmup: Int = 5
-    repeats_b1: Int = 100
-    repeats_b256: Int = 20
-    rounds: Int = 6
-    max_rounds: Int = 16
+    warmup: Int = 1
+    repeats_b1: Int = 30
+    repeats_b256: Int = 5
+    rounds: Int = 12
+    max_rounds: Int = 40
     confidence: float = 0.95
     # (child, parent) comparisons a gate judges, the threshold, and the batch it reads.
     pairs: list[tuple[str, str]] = Field(default_factory=list)
@@ -205,11 +206,12 @@ def run_latency(config: LatencyStep, ctx: Context, data: DataArtifact,
     measure_rounds(runners, x, samples, config.rounds, config.warmup, repeats)
     rounds = config.rounds
     while rounds < config.max_rounds and (more := undecided_models(samples, config)):
-        log.info("latency: %d model(s) undecided after %d rounds; measuring another round",
+        log.info("latency: %d model(s) undecided after %d rounds; measuring more",
                  len(more), rounds)
         # Every model keeps the same number of rounds (pairs are matched by round).
-        measure_rounds(runners, x, samples, 1, config.warmup, repeats)
-        rounds += 1
+        extra = min(4, config.max_rounds - rounds)
+        measure_rounds(runners, x, samples, extra, config.warmup, repeats)
+        rounds += extra
     fingerprint = machine.fingerprint({"runtime": config.threads})
     doc = {"format": "shrinkflow.latency/1", "target": config.target, "unit": "ms",
            "machine": fingerprint, "rounds": rounds, "warmup": config.warmup,
