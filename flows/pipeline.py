@@ -4,6 +4,8 @@ made and run in ``shrinkflow.plan``, what gets recorded in ``shrinkflow.ops.reco
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, tags
@@ -24,18 +26,22 @@ from shrinkflow.plan.plan import Plan, build_plan
 @flow(name="shrinkflow", log_prints=False, persist_result=False)
 def pipeline(params: Params, workspace: str = ".", refresh: list[str] | None = None) -> Outcome:
     """Prepare, train, derive every variant, convert, validate; decide, record, promote."""
-    ws = Workspace.at(workspace)
-    plan = build_plan(params, ws.root)
-    info = record.run_info(plan, ws)
+    ws, timing = Workspace.at(workspace), {}
+    with _timed(timing, "plan"):
+        plan = build_plan(params, ws.root)
+        info = record.run_info(plan, ws)
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
-    run = rec.start_run(uri, params.base.experiment,
-                        ws.resolve(params.base.artifact_location).as_uri(), params.dump(),
-                        record.pipeline_tags(plan, ws, info))
+    with _timed(timing, "mlflow_start"):
+        run = rec.start_run(uri, params.base.experiment,
+                            ws.resolve(params.base.artifact_location).as_uri(), params.dump(),
+                            record.pipeline_tags(plan, ws, info))
     try:
-        records = execute(plan, ws, submit=submitter(str(ws.store_dir),
-                                                     params.base.torch_threads),
-                          refresh=set(refresh or ()))
-        outcome = _record(run, plan, records, ws, info)
+        with _timed(timing, "compute"):
+            records = execute(plan, ws, submit=submitter(str(ws.store_dir),
+                                                         params.base.torch_threads),
+                              refresh=set(refresh or ()))
+        timing["steps_own"] = round(sum(r.seconds for r in records.values() if not r.cached), 2)
+        outcome = _record(run, plan, records, ws, info, timing)
         if outcome.rejected.get("teacher"):  # nothing trustworthy: the run fails
             raise GateFailure([f"teacher: {r}" for r in outcome.rejected["teacher"]])
     except BaseException as exc:
@@ -45,7 +51,14 @@ def pipeline(params: Params, workspace: str = ".", refresh: list[str] | None = N
     return outcome
 
 
-def _record(run, plan: Plan, records, ws: Workspace, info) -> Outcome:
+@contextmanager
+def _timed(timing: dict[str, float], what: str):
+    start = time.perf_counter()
+    yield
+    timing[what] = round(time.perf_counter() - start, 2)
+
+
+def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
     """Publish, decide, record in DVC and MLflow, register and promote, report."""
     params = plan.params
     results, decision = rec.decide(plan, records)
@@ -56,18 +69,23 @@ def _record(run, plan: Plan, records, ws: Workspace, info) -> Outcome:
         (ws.root / path).unlink()
     publish(plan, records, ws)
     metric_files = record.write_metrics(ws, plan, records, results, decision)
-    dvc = rec.record_dvc(params, ws, teacher_failed)  # first: lineage names the data's DVC hash
+    with _timed(timing, "dvc"):  # first: the lineage names the data's DVC hash
+        dvc = rec.record_dvc(params, ws, teacher_failed)
     info = {**info, "run_id": run.run_id, "dvc_data": dvc.get("data"),
             "data": records["prepare"].output()}
-    logged = rec.log_models(run, plan, records, results, decision, info)
+    with _timed(timing, "mlflow_models"):
+        logged = rec.log_models(run, plan, records, results, decision, info)
     version, promotion = None, None
-    if decision.selected and params.registry.auto_promote and not teacher_failed:
-        version, promotion = rec.register_and_promote(run, plan, decision, results, logged, info)
+    with _timed(timing, "registry"):
+        if decision.selected and params.registry.auto_promote and not teacher_failed:
+            version, promotion = rec.register_and_promote(run, plan, decision, results, logged,
+                                                          info)
     moved = None
     if promotion is not None:
         verb = "promoted to champion" if promotion.promoted else "not promoted"
         moved = f"v{version} {verb}: {promotion.reason}"
     machine = record.machine_line(plan, records)
+    report_start = time.perf_counter()
     md, png = rec.report(ws, run.run_id, results, decision, moved, machine)
     reused = sorted(s for s, r in records.items() if r.cached)
     computed = [s.id for s in plan.steps if s.id in records and not records[s.id].cached]
@@ -83,12 +101,13 @@ def _record(run, plan: Plan, records, ws: Workspace, info) -> Outcome:
                            str(record.latency_artifact(plan, records, ws))],
                 text={"params.yaml": params.yaml()})
     rec.publish_artifacts(results, decision, Path(md).read_text(), run)
+    timing["report"] = round(time.perf_counter() - report_start, 2)
     return Outcome(run=run, metrics={m.name: m.values for m in results}, models=logged,
                    reused=reused, computed=computed, dvc=dvc, selected=decision.selected,
                    selection=decision.why, machine=machine, removed=removed,
                    rejected={n: list(v.reasons) for n, v in decision.verdicts.items()
                              if not v.passed},
-                   registered_version=version,
+                   registered_version=version, timing=timing,
                    promotion=promotion.model_dump() if promotion else {}, report=str(md))
 
 
@@ -102,9 +121,14 @@ def run_pipeline(params: Params, workspace: str | Path = ".", refresh: list[str]
 
     ws = Workspace.at(workspace)
     address = resolve_address(params, dask_address)
-    with runner.prefect_api(), \
-            temporary_settings({PREFECT_LOCAL_STORAGE_PATH: ws.state_dir / "results"}), \
-            tags(f"dataset:{params.prepare.dataset}", f"objective:{params.select.objective}"):
-        flow_ = pipeline.with_options(
-            task_runner=runner.task_runner(params.base.parallel_steps, address))
-        return flow_(params=params, workspace=str(ws.root), refresh=list(refresh or []))
+    start = time.perf_counter()
+    with runner.prefect_api():
+        api_seconds = time.perf_counter() - start
+        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: ws.state_dir / "results"}), \
+                tags(f"dataset:{params.prepare.dataset}", f"objective:{params.select.objective}"):
+            flow_ = pipeline.with_options(
+                task_runner=runner.task_runner(params.base.parallel_steps, address))
+            outcome = flow_(params=params, workspace=str(ws.root), refresh=list(refresh or []))
+    outcome.timing.update(prefect_api=round(api_seconds, 2),
+                          flow_total=round(time.perf_counter() - start, 2))
+    return outcome

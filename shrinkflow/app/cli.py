@@ -376,7 +376,7 @@ def promote(version: Annotated[str | None, typer.Option(
     result = do_promote(uri, name, version, config.select, config.registry, command, test_data,
                         force=force, reason=reason, target=target,
                         latency_batch=config.gates.latency_batch,
-                        threads=config.validate_.threads)
+                        threads=config.validate_.threads, resolution=config.validate_.resolution)
     verb = "[green]promoted to champion[/]" if result.promoted else "[yellow]not promoted[/]"
     console.print(f"{name} v{result.version} {verb}: {result.reason}", highlight=False)
     console.print(f"champion: v{result.champion_before or '-'} -> v{result.champion_after or '-'}")

@@ -75,6 +75,17 @@ def ratio_interval(numerator: list[list[float]], denominator: list[list[float]],
     return Interval(math.exp(mean), math.exp(mean - half), math.exp(mean + half), confidence, n)
 
 
+def widen(interval: Interval, resolution: float) -> Interval:
+    """The interval widened by ``resolution`` on each side (in log-ratio terms): the
+    run-to-run variation on one machine that one run's samples cannot show (process
+    placement, memory layout, frequency states). Differences inside it are never called."""
+    if resolution <= 0:
+        return interval
+    f = math.exp(resolution)
+    return Interval(interval.estimate, interval.low / f, interval.high * f,
+                    interval.confidence, interval.n)
+
+
 def speedup(interval: Interval) -> Interval:
     """A parent/child latency ratio as a speed-up fraction (0.05 = 5 % faster)."""
     return Interval(interval.estimate - 1, interval.low - 1, interval.high - 1,

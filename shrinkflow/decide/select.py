@@ -107,22 +107,22 @@ def objective_score(values: dict[str, float], reference: dict[str, float], selec
     return score
 
 
-def _not_slower(samples: dict | None, a: str, b: str, batch: int, confidence: float
-                ) -> tuple[bool, bool]:
+def _not_slower(samples: dict | None, a: str, b: str, batch: int, confidence: float,
+                resolution: float = 0.0) -> tuple[bool, bool]:
     """(a is not decisively slower than b, a is decisively faster than b)."""
     if samples is None or a not in samples or b not in samples:
         return True, False
-    c = speed.compare(samples, a, b, batch, confidence)
+    c = speed.compare(samples, a, b, batch, confidence, resolution)
     return c.verdict != stats.SLOWER, c.verdict == stats.FASTER
 
 
 def pareto_front(results: dict[str, dict[str, float]], accuracy_key: str, samples: dict | None,
-                 batch: int, confidence: float = 0.95) -> list[str]:
+                 batch: int, confidence: float = 0.95, resolution: float = 0.0) -> list[str]:
     """Names not dominated on (accuracy: higher; size, MACs, latency: lower). Latency
     counts only where the side-by-side interval is decisive."""
     def dominates(a: str, b: str) -> bool:
         va, vb = results[a], results[b]
-        not_slower, faster = _not_slower(samples, a, b, batch, confidence)
+        not_slower, faster = _not_slower(samples, a, b, batch, confidence, resolution)
         ma, mb = va.get("macs", 0.0), vb.get("macs", 0.0)
         geq = va[accuracy_key] >= vb[accuracy_key] and va["size_bytes"] <= vb["size_bytes"] \
             and ma <= mb and not_slower
@@ -134,12 +134,13 @@ def pareto_front(results: dict[str, dict[str, float]], accuracy_key: str, sample
 
 
 def _fastest(frontier: list[str], results: dict[str, dict[str, float]], samples: dict | None,
-             batch: int, confidence: float, latency_key: str) -> tuple[str, str]:
+             batch: int, confidence: float, resolution: float, latency_key: str
+             ) -> tuple[str, str]:
     """The fastest model; models not distinguishable from it are tied, and the tie goes to
     the fewest MACs, then the smallest file (machine-independent), then the name."""
     best = min(frontier, key=lambda n: results[n][latency_key])
     tied = [n for n in frontier if n == best
-            or _not_slower(samples, n, best, batch, confidence)[0]]
+            or _not_slower(samples, n, best, batch, confidence, resolution)[0]]
     pick = min(tied, key=lambda n: (results[n].get("macs", 0.0), results[n]["size_bytes"], n))
     note = "" if len(tied) == 1 else (f"; {len(tied)} models not distinguishable in speed, "
                                       "tie broken by MACs, then size")
@@ -149,7 +150,7 @@ def _fastest(frontier: list[str], results: dict[str, dict[str, float]], samples:
 def decide(models: list[ModelResult], gates: GatesParams, select: SelectParams,
            parity: dict[str, tuple[float, float]], samples: dict | None = None,
            confidence: float = 0.95, target: str = "onnxruntime",
-           accuracy_key: str = "onnx_test_accuracy") -> Decision:
+           accuracy_key: str = "onnx_test_accuracy", resolution: float = 0.0) -> Decision:
     """Gate every model, find the Pareto frontier of the passing ones, pick by objective.
 
     ``parity`` maps "float" / "quantized" to (max_abs_diff, min_top1_agreement) limits.
@@ -168,14 +169,16 @@ def decide(models: list[ModelResult], gates: GatesParams, select: SelectParams,
         comparison = None
         if m.parent is not None and samples is not None and m.parent in samples \
                 and m.name in samples:
-            comparison = speed.compare(samples, m.name, m.parent, gates.latency_batch, confidence)
+            comparison = speed.compare(samples, m.name, m.parent, gates.latency_batch,
+                                       confidence, resolution)
         reasons += gate_reasons(m.values, teacher, accuracy_key, gates, comparison)
         verdicts[m.name] = Verdict(
             name=m.name, parent=m.parent, reasons=tuple(reasons),
             score=objective_score(m.values, teacher, select, latency_key, accuracy_key),
             speed_vs_parent=comparison.as_dict() if comparison else None)
     passing = {n: results[n] for n, v in verdicts.items() if v.passed}
-    frontier = pareto_front(passing, accuracy_key, samples, gates.latency_batch, confidence)
+    frontier = pareto_front(passing, accuracy_key, samples, gates.latency_batch, confidence,
+                            resolution)
     for n in frontier:
         verdicts[n] = verdicts[n].model_copy(update={"on_frontier": True})
     if not frontier:
@@ -184,7 +187,7 @@ def decide(models: list[ModelResult], gates: GatesParams, select: SelectParams,
     note = ""
     if select.objective == "fastest":
         best, note = _fastest(frontier, results, samples, gates.latency_batch, confidence,
-                              latency_key)
+                              resolution, latency_key)
     else:
         best = min(frontier, key=lambda n: (verdicts[n].score, -results[n][accuracy_key], n))
     return Decision(objective=select.objective, target=target, verdicts=verdicts, selected=best,

@@ -29,10 +29,12 @@ class SpeedComparison:
 
 
 def compare(samples: dict, model: str, baseline: str, batch: int,
-            confidence: float = 0.95) -> SpeedComparison:
-    """Compare two models of one latency document (``samples[name][batch]`` = rounds)."""
+            confidence: float = 0.95, resolution: float = 0.0) -> SpeedComparison:
+    """Compare two models of one latency document (``samples[name][batch]`` = rounds);
+    the interval is widened by the harness's ``resolution`` (see stats.widen)."""
     key = str(batch)
-    ratio = stats.ratio_interval(samples[baseline][key], samples[model][key], confidence)
+    ratio = stats.widen(stats.ratio_interval(samples[baseline][key], samples[model][key],
+                                             confidence), resolution)
     speed = stats.speedup(ratio)
     return SpeedComparison(model, baseline, batch, speed, stats.compare(speed))
 

@@ -55,6 +55,9 @@ class Outcome(BaseModel):
     removed: list[str] = Field(default_factory=list)
     nothing_changed: bool = False
     message: str = ""
+    # Where the wall time went (seconds): compute (the executor), each record-keeping
+    # part, and the sum of the steps' own times.
+    timing: dict[str, float] = Field(default_factory=dict)
 
 
 # --- results and the decision ------------------------------------------------------------
@@ -91,7 +94,7 @@ def decide_run(plan: Plan, records: dict[str, StepRecord], target: str = TARGET)
               "quantized": (v.quantized_gates.max_abs_diff, v.quantized_gates.min_top1_agreement)}
     return decide(model_results(plan, records, target), p.gates, p.select, parity,
                   latency_doc(plan, records, target)["samples"], v.confidence, target,
-                  accuracy_key(target))
+                  accuracy_key(target), v.resolution)
 
 
 # --- workspace files ----------------------------------------------------------------------
@@ -386,7 +389,8 @@ def register_and_promote(run: RunRef, plan: Plan, decision: Decision, results: l
     x, y, _ = raw_test_split(data.path)
     promotion = registry.promote(run.tracking_uri, p.registered_model_name(), version, p.select,
                                  p.registry, "shrinkflow run", (x, y, data.fingerprint),
-                                 latency_batch=p.gates.latency_batch, threads=p.validate_.threads)
+                                 latency_batch=p.gates.latency_batch, threads=p.validate_.threads,
+                                 resolution=p.validate_.resolution)
     return version, promotion
 
 

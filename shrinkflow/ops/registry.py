@@ -228,9 +228,9 @@ def evaluate_onnx(blob: bytes, x_raw: np.ndarray, y: np.ndarray) -> dict[str, fl
             "size_bytes": float(len(blob))}
 
 
-def measure_side_by_side(blobs: dict[str, bytes], x_raw: np.ndarray, rounds: int = 6,
-                         threads: int = 1, batch: int = 256, repeats: int = 10,
-                         confidence: float = 0.95) -> dict[str, Any]:
+def measure_side_by_side(blobs: dict[str, bytes], x_raw: np.ndarray, rounds: int = 12,
+                         threads: int = 1, batch: int = 256, repeats: int = 5,
+                         confidence: float = 0.95, resolution: float = 0.02) -> dict[str, Any]:
     """Time two registered models now, interleaved in rounds; the speed-up of the first
     over the second with its interval, and the machine."""
     import onnx
@@ -250,8 +250,8 @@ def measure_side_by_side(blobs: dict[str, bytes], x_raw: np.ndarray, rounds: int
     samples = {n: {str(batch): []} for n in runners}
     measure_rounds(runners, x_raw.astype(np.float32), samples, rounds, 3, {batch: repeats})
     a, b = list(runners)
-    speed = stats.speedup(stats.ratio_interval(samples[b][str(batch)], samples[a][str(batch)],
-                                               confidence))
+    speed = stats.speedup(stats.widen(stats.ratio_interval(
+        samples[b][str(batch)], samples[a][str(batch)], confidence), resolution))
     return {"speedup": speed, "summary": {
         "speedup": speed.as_dict(), "verdict": stats.compare(speed), "batch": batch,
         "rounds": rounds, "threads": threads, "machine": machine.describe(
@@ -275,7 +275,7 @@ def promote(uri: str, name: str, version: str | None, select: SelectParams,
             rule: RegistryParams, command: str,
             test_data: tuple[np.ndarray, np.ndarray, str] | None = None,
             force: bool = False, reason: str | None = None, target: str = DEFAULT_TARGET,
-            latency_batch: int = 256, threads: int = 1) -> Promotion:
+            latency_batch: int = 256, threads: int = 1, resolution: float = 0.02) -> Promotion:
     """Try to make ``version`` (default: the challenger) the champion.
 
     Inside the lock the champion is re-read and the rule applied against *that* version
@@ -345,7 +345,8 @@ def promote(uri: str, name: str, version: str | None, select: SelectParams,
             note = " (both re-evaluated on the current test data)"
         speed, measurement = None, None
         if needs_latency(select):
-            m = measure_side_by_side(blobs, test_data[0], threads=threads, batch=latency_batch)
+            m = measure_side_by_side(blobs, test_data[0], threads=threads, batch=latency_batch,
+                                     resolution=resolution)
             speed, measurement = m["speedup"], m["summary"]
         wins, why = challenger_wins(ours, theirs, select, rule, "onnx_test_accuracy", speed)
         why = f"vs champion v{old.version}: {why}{note}"

@@ -188,7 +188,7 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
     latency_cfg = LatencyStep(
         target=TARGET, threads=v.threads, warmup=v.warmup, repeats_b1=v.repeats_b1,
         repeats_b256=v.repeats_b256, rounds=v.rounds, max_rounds=v.max_rounds,
-        confidence=v.confidence,
+        confidence=v.confidence, resolution=v.resolution,
         pairs=[(n, params.variants[n].from_) for n in params.variant_order()],
         threshold=params.gates.min_speedup_vs_parent, gate_batch=params.gates.latency_batch,
         machine=fingerprint["id"])

@@ -62,6 +62,9 @@ class ValidateParams(Section):
     rounds: Int = Field(12, ge=2, le=10_000)
     max_rounds: Int = Field(40, ge=2, le=10_000)
     confidence: float = Field(0.95, gt=0.5, lt=1)
+    # Speed differences inside this fraction are never called: the run-to-run variation
+    # on one machine that one run's interval cannot show (see README, measured there).
+    resolution: float = Field(0.02, ge=0, lt=0.5)
     # Conversion parity of float models: the runtime against the same torch model.
     gates: ValidateGates = Field(default_factory=ValidateGates)
     # int8 models (ORT-quantized against their float torch model, or QAT): int8 rounding
@@ -88,6 +91,7 @@ class LatencyStep(Section):
     rounds: Int = 12
     max_rounds: Int = 40
     confidence: float = 0.95
+    resolution: float = 0.02
     # (child, parent) comparisons a gate judges, the threshold, and the batch it reads.
     pairs: list[tuple[str, str]] = Field(default_factory=list)
     threshold: float = 0.05
@@ -186,8 +190,8 @@ def undecided_models(samples: dict, config: LatencyStep) -> list[str]:
     for child, parent in config.pairs:
         if child not in samples or parent not in samples:
             continue
-        speed = stats.speedup(stats.ratio_interval(samples[parent][key], samples[child][key],
-                                                   config.confidence))
+        speed = stats.speedup(stats.widen(stats.ratio_interval(
+            samples[parent][key], samples[child][key], config.confidence), config.resolution))
         if stats.undecided(speed, config.threshold):
             out.update((child, parent))
     return sorted(out)
