@@ -19,10 +19,11 @@ export DO_NOT_TRACK := 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock overrides.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install --python $(PY) $(FIND) --quiet -r requirements.lock
+	$(VENV)/bin/uv pip install --python $(PY) $(FIND) --quiet --override overrides.txt \
+	  -r requirements.lock
 	$(VENV)/bin/uv pip install --python $(PY) --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -52,8 +53,9 @@ dvc-yaml: setup
 
 # Re-resolve requirements.lock after changing dependencies in pyproject.toml.
 lock: setup
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND) --python-version 3.11 \
-	  --no-header --quiet -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra openvino --extra litert \
+	  --override overrides.txt $(FIND) --python-version 3.11 --no-header --quiet \
+	  -o requirements.lock
 
 clean-state:
 	rm -rf mlflow.db mlartifacts .shrinkflow data/prepared models onnx metrics reports exports

@@ -14,13 +14,14 @@ from shrinkflow.tasks import record as rec
 from shrinkflow.tasks.steps import submitter
 
 from shrinkflow.core.errors import GateFailure
+from shrinkflow.core.files import remove
 from shrinkflow.core.workspace import Workspace
 from shrinkflow.ops import record
 from shrinkflow.ops.record import Outcome
 from shrinkflow.ops.tracking import TAG, resolve_tracking_uri
 from shrinkflow.plan.executor import execute, publish, stale_outputs
 from shrinkflow.plan.params import Params, tracking_uri
-from shrinkflow.plan.plan import Plan, build_plan
+from shrinkflow.plan.plan import TARGET, Plan, build_plan
 
 
 @flow(name="shrinkflow", log_prints=False, persist_result=False)
@@ -59,37 +60,41 @@ def _timed(timing: dict[str, float], what: str):
 
 
 def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
-    """Publish, decide, record in DVC and MLflow, register and promote, report."""
+    """Publish, decide (per target), record in DVC and MLflow, register and promote (per
+    target), report."""
     params = plan.params
-    results, decision = rec.decide(plan, records)
+    decisions = rec.decide(plan, records)
+    results, decision = decisions[TARGET]
     teacher_failed = [f"teacher: {r}" for r in decision.verdicts["teacher"].reasons]
     recordable = record.dvc_recordable(params, ws) is None and not teacher_failed
     removed = [ws.relative(p) for p in stale_outputs(plan, ws)] if recordable else []
     for path in removed:  # only a run that records to DVC may delete published outputs
-        (ws.root / path).unlink()
+        remove(ws.root / path)
     publish(plan, records, ws)
-    metric_files = record.write_metrics(ws, plan, records, results, decision)
+    metric_files = record.write_metrics(ws, plan, records, decisions)
     with _timed(timing, "dvc"):  # first: the lineage names the data's DVC hash
         dvc = rec.record_dvc(params, ws, teacher_failed)
     info = {**info, "run_id": run.run_id, "dvc_data": dvc.get("data"),
             "data": records["prepare"].output()}
     with _timed(timing, "mlflow_models"):
-        logged = rec.log_models(run, plan, records, results, decision, info)
-    version, promotion = None, None
+        logged = rec.log_models(run, plan, records, decisions, info)
+    versions, promotions, moves = {}, {}, {}
     with _timed(timing, "registry"):
-        if decision.selected and params.registry.auto_promote and not teacher_failed:
-            version, promotion = rec.register_and_promote(run, plan, decision, results, logged,
-                                                          info)
-    moved = None
-    if promotion is not None:
-        verb = "promoted to champion" if promotion.promoted else "not promoted"
-        moved = f"v{version} {verb}: {promotion.reason}"
+        for target, (t_results, t_decision) in decisions.items():
+            if t_decision.selected and params.registry.auto_promote and not teacher_failed:
+                version, promotion = rec.register_and_promote(
+                    run, plan, target, t_results, t_decision, records, logged, info)
+                versions[target], promotions[target] = version, promotion
+                verb = "promoted to champion" if promotion.promoted else "not promoted"
+                moves[target] = f"v{version} {verb}: {promotion.reason}"
     machine = record.machine_line(plan, records)
     report_start = time.perf_counter()
-    md, png = rec.report(ws, run.run_id, results, decision, moved, machine)
+    md, png = rec.report(ws, run.run_id, decisions, moves, machine)
     reused = sorted(s for s, r in records.items() if r.cached)
     computed = [s.id for s in plan.steps if s.id in records and not records[s.id].cached]
     rec.tag_run(run, {f"{TAG}selected": decision.selected or "", f"{TAG}selection": decision.why,
+                      **{f"{TAG}selected.{t}": d.selected or "" for t, (_, d) in decisions.items()
+                         if t != TARGET},
                       f"{TAG}reused": ",".join(reused)[:4900],
                       f"{TAG}computed": ",".join(computed)[:4900],
                       f"{TAG}plan_key": record.plan_key(plan, records),
@@ -98,17 +103,20 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
                       f"{TAG}data_fingerprint": info["data"].fingerprint,
                       f"{TAG}dataset": info["data"].dataset},
                 artifacts=[str(md), str(png), *map(str, metric_files),
-                           str(record.latency_artifact(plan, records, ws))],
+                           *map(str, record.latency_artifacts(plan, records, ws))],
                 text={"params.yaml": params.yaml()})
-    rec.publish_artifacts(results, decision, Path(md).read_text(), run)
+    rec.publish_artifacts(decisions, Path(md).read_text(), run)
     timing["report"] = round(time.perf_counter() - report_start, 2)
+    promotion = promotions.get(TARGET)
     return Outcome(run=run, metrics={m.name: m.values for m in results}, models=logged,
                    reused=reused, computed=computed, dvc=dvc, selected=decision.selected,
                    selection=decision.why, machine=machine, removed=removed,
                    rejected={n: list(v.reasons) for n, v in decision.verdicts.items()
                              if not v.passed},
-                   registered_version=version, timing=timing,
-                   promotion=promotion.model_dump() if promotion else {}, report=str(md))
+                   registered_version=versions.get(TARGET), timing=timing,
+                   promotion=promotion.model_dump() if promotion else {}, report=str(md),
+                   targets={t: record.target_summary(t, d, versions.get(t), promotions.get(t))
+                            for t, (_, d) in decisions.items() if t != TARGET})
 
 
 def run_pipeline(params: Params, workspace: str | Path = ".", refresh: list[str] | None = None,

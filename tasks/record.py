@@ -22,8 +22,8 @@ def start_run(uri: str, experiment: str, artifact_location: str | None,
 
 
 @task(name="decide")
-def decide(plan, records) -> tuple[list[ModelResult], Decision]:
-    return record.model_results(plan, records), record.decide_run(plan, records)
+def decide(plan, records) -> dict[str, tuple[list[ModelResult], Decision]]:
+    return record.decide_all(plan, records)
 
 
 @task(name="dvc-record", retries=1, retry_delay_seconds=2)
@@ -32,18 +32,19 @@ def record_dvc(params, ws, failures: list[str]) -> dict[str, Any]:
 
 
 @task(name="log-models", **_RETRY)
-def log_models(run: RunRef, plan, records, results, decision, info) -> dict[str, dict[str, Any]]:
-    return record.log_models(run, plan, records, results, decision, info)
+def log_models(run: RunRef, plan, records, decisions, info) -> dict[str, dict[str, Any]]:
+    return record.log_models(run, plan, records, decisions, info)
 
 
 @task(name="register", **_RETRY)
-def register_and_promote(run: RunRef, plan, decision, results, logged, info):
-    return record.register_and_promote(run, plan, decision, results, logged, info)
+def register_and_promote(run: RunRef, plan, target, results, decision, records, logged, info):
+    return record.register_and_promote(run, plan, target, results, decision, records, logged,
+                                       info)
 
 
 @task(name="report")
-def report(ws, run_id: str, results, decision, moved: str | None, machine: str):
-    return record.write_report(ws, run_id, results, decision, moved, machine)
+def report(ws, run_id: str, decisions, moves: dict[str, str], machine: str):
+    return record.write_report(ws, run_id, decisions, moves, machine)
 
 
 @task(name="tag-run", **_RETRY)
@@ -62,17 +63,21 @@ def end_run(ref: RunRef, status: str, error: str | None = None) -> None:
 
 
 @task(name="prefect-artifacts")
-def publish_artifacts(results: list[ModelResult], decision: Decision, report_md: str,
+def publish_artifacts(decisions: dict[str, tuple[list[ModelResult], Decision]], report_md: str,
                       run: RunRef) -> None:
     """The run table and the report as Prefect artifacts, linked to the MLflow run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    rows = [{"model": m.name, "accuracy %": round(m.values["onnx_test_accuracy"] * 100, 2),
-             "size KB": round(m.values["size_bytes"] / 1000, 1),
+    from shrinkflow.steps.validate import accuracy_key
+
+    rows = [{"target": t, "model": m.name,
+             "accuracy %": round(m.values.get(accuracy_key(t), 0.0) * 100, 2),
+             "size KB": round(m.values.get("size_bytes", 0.0) / 1000, 1),
              "b256 ms": round(m.values.get("latency_p50_ms_b256", 0.0), 3),
              "MACs": int(m.values.get("macs", 0)),
              "gate": "pass" if decision.verdicts[m.name].passed else "fail",
-             "selected": m.name == decision.selected} for m in results]
+             "selected": m.name == decision.selected}
+            for t, (results, decision) in decisions.items() for m in results]
     where = f"MLflow run {run.run_id} ({run.tracking_uri})"
     create_table_artifact(rows, key="shrinkflow-models", description=f"Validated models; {where}")
     create_markdown_artifact(report_md + f"\n\n{where}\n", key="shrinkflow-report",

@@ -71,10 +71,13 @@ SMALL_VARIANTS = (
 )
 
 
-def fast_overrides(epochs: int = 3, variants: str = SMALL_VARIANTS) -> list[str]:
-    """Params that keep a real run short: few epochs, few latency repeats, two variants."""
+def fast_overrides(epochs: int = 3, variants: str = SMALL_VARIANTS,
+                   targets: str = "[onnxruntime]") -> list[str]:
+    """Params that keep a real run short: few epochs, few latency repeats, two variants,
+    ONNX Runtime only (tests/integration/test_targets.py covers the other runtimes)."""
     return [f"train.epochs={epochs}", "validate.repeats_b1=10", "validate.repeats_b256=3",
-            "validate.warmup=1", "validate.rounds=3", "validate.max_rounds=4", variants]
+            "validate.warmup=1", "validate.rounds=3", "validate.max_rounds=4",
+            f"targets={targets}", variants]
 
 
 def write_params(ws: Path, overrides: list[str]) -> None:

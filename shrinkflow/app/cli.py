@@ -624,6 +624,16 @@ def _print_outcome(result, seconds: float, as_json: bool = False) -> None:
         verb = "[green]promoted to champion[/]" if p["promoted"] else "[yellow]not promoted[/]"
         console.print(f"registry {p['name']}: version {p['version']} {verb}: {p['reason']}",
                       highlight=False)
+    for target, t in result.targets.items():
+        console.print(f"[bold]{target}[/]: selected {t['selected'] or 'none'} ({t['selection']}); "
+                      f"{len(t['rejected'])} rejected", highlight=False)
+        for name, reasons in t["rejected"].items():
+            console.print(f"  {name}: {'; '.join(reasons)}", highlight=False)
+        p = t["promotion"]
+        if p:
+            verb = "promoted to champion" if p["promoted"] else "not promoted"
+            console.print(f"  registry: version {p['version']} {verb} "
+                          f"(alias champion-{target}): {p['reason']}", highlight=False)
     if result.report:
         console.print(f"report: {result.report}")
     console.print(f"wall time {seconds:.1f} s")

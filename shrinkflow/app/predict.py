@@ -1,7 +1,8 @@
-"""Run a registered (or local) ONNX model on an .npz of raw inputs with ONNX Runtime.
+"""Run a registered (or local) model on an .npz of raw inputs, on its target's runtime
+(ONNX Runtime, OpenVINO or LiteRT).
 
-A registered version is checked before it serves: the file MLflow hands back must have
-the sha256 recorded at registration.
+A registered version is checked before it serves: what MLflow hands back must have the
+sha256 recorded at registration.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.files import atomic_path, file_sha256
+from shrinkflow.core.files import atomic_path, file_sha256, path_sha256
 from shrinkflow.data.validation import check_inputs, read_npz
 from shrinkflow.ops.tracking import TAG, client
+from shrinkflow.targets.base import SIDECAR
 
 
-def _registered_sha(model_uri: str) -> tuple[str, str] | None:
-    """(stored sha256 recorded at registration, version label) of a models:/ URI."""
+def _registered(model_uri: str) -> tuple[str, str, str, str] | None:
+    """(target, artifact sha256, stored ONNX sha256, version label) of a models:/ URI."""
     if not model_uri.startswith("models:/"):
         return None
+    import mlflow
+
     ref = model_uri[len("models:/"):]
-    c = client(__import__("mlflow").get_tracking_uri())
+    c = client(mlflow.get_tracking_uri())
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
@@ -34,76 +38,105 @@ def _registered_sha(model_uri: str) -> tuple[str, str] | None:
     except Exception:
         raise ShrinkflowError(f"{model_uri}: no such registered version (see `shrinkflow "
                               "models`)") from None
-    sha = mv.tags.get(f"{TAG}mlflow_sha256")
-    return (sha, f"{mv.name} v{mv.version}") if sha else None
+    return (mv.tags.get(f"{TAG}target", "onnxruntime"), mv.tags.get(f"{TAG}artifact_sha256", ""),
+            mv.tags.get(f"{TAG}mlflow_sha256", ""), f"{mv.name} v{mv.version}")
 
 
-def load_onnx(model_uri: str) -> bytes:
-    """``models:/name@alias``, ``models:/name/version``, ``runs:/...`` (the MLflow ONNX
-    flavor) or a local ``.onnx`` file; a registered version's bytes are verified."""
-    if Path(model_uri).is_file():
-        return Path(model_uri).read_bytes()
+def fetch(model_uri: str, dst: Path) -> tuple[Path, str]:
+    """A local copy of the model behind ``model_uri`` (a file or an artifact directory) and
+    its target; a registered version's bytes are checked against its registration."""
+    if Path(model_uri).exists():
+        p = Path(model_uri)
+        target = "onnxruntime" if p.suffix == ".onnx" or (p.is_dir() and list(p.glob("*.onnx"))) \
+            else json.loads((p / SIDECAR).read_text())["target"] if (p / SIDECAR).is_file() \
+            else "onnxruntime"
+        return p, target
     if not model_uri.startswith(("models:/", "runs:/", "mlflow-artifacts:")):
         raise ShrinkflowError(f"{model_uri}: not a file, nor models:/NAME@ALIAS, "
                               "models:/NAME/VERSION or runs:/RUN/PATH")
     import mlflow
 
-    expected = _registered_sha(model_uri)
+    registered = _registered(model_uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst)))
+    except Exception as exc:
+        raise ShrinkflowError(f"{model_uri}: cannot load ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); see `shrinkflow models`") from None
+    target = registered[0] if registered else "onnxruntime"
+    if registered:
+        _, artifact_sha, onnx_sha, label = registered
+        if target == "onnxruntime":
+            files = [local] if local.is_file() else sorted(local.rglob("*.onnx"))
+            got, want = (file_sha256(files[0]) if files else ""), onnx_sha
+        else:
+            got, want = path_sha256(local), artifact_sha
+        if want and got != want:
+            raise ShrinkflowError(
+                f"{model_uri}: the stored model (sha256 {got[:16]}…) is not the one registered "
+                f"as {label} ({want[:16]}…); the artifact store was changed: run "
+                "`shrinkflow audit --verify` and re-register")
+    return local, target
+
+
+def load_onnx(model_uri: str) -> bytes:
+    """The ONNX bytes behind ``model_uri`` (verified when registered)."""
     with tempfile.TemporaryDirectory() as d:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=d))
-        except Exception as exc:
-            raise ShrinkflowError(f"{model_uri}: cannot load ({type(exc).__name__}: "
-                                  f"{str(exc)[:200]}); see `shrinkflow models`") from None
+        local, _ = fetch(model_uri, Path(d))
         files = [local] if local.is_file() else sorted(local.rglob("*.onnx"))
         if not files:
             raise ShrinkflowError(f"{model_uri}: no .onnx file in the logged model")
-        if expected and file_sha256(files[0]) != expected[0]:
-            raise ShrinkflowError(
-                f"{model_uri}: the stored ONNX file (sha256 {file_sha256(files[0])[:16]}…) is "
-                f"not the one registered as {expected[1]} ({expected[0][:16]}…); the artifact "
-                "store was changed: run `shrinkflow audit --verify` and re-register")
         return files[0].read_bytes()
 
 
 def predict(model_uri: str, input_path: str | Path, out_path: str | Path | None = None,
             normalized: bool = False) -> dict[str, np.ndarray | list[str]]:
     """Predict classes for the raw images ``x`` in ``input_path`` (as the data set stores
-    them; the model holds its own preprocessing). ``normalized``: ``x`` was already
-    normalised with the model's training statistics."""
+    them; the model holds its own preprocessing), on the runtime of its target.
+    ``normalized``: ``x`` was already normalised with the model's training statistics."""
     import onnx
 
-    from shrinkflow.targets.base import batched
-    from shrinkflow.targets.onnxruntime import input_for, ort_session, takes_raw_input
+    from shrinkflow.targets import base as targets
+    from shrinkflow.targets.base import batched, model_file
+    from shrinkflow.targets.onnxruntime import input_for, takes_raw_input
 
-    blob = load_onnx(model_uri)
-    try:
-        proto = onnx.load_from_string(blob)
-    except Exception:
-        raise ShrinkflowError(f"{model_uri}: not an ONNX model") from None
-    meta = {p.key: p.value for p in proto.metadata_props}
-    x = read_npz(input_path, ("x",))["x"]
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    want = [d.dim_value for d in dims[1:]]
-    if x.ndim == len(want):  # (N, H, W) for one channel
-        x = x[:, None]
-    if list(x.shape[1:]) != want:
-        raise ShrinkflowError(f"{input_path}: x has shape {x.shape}; the model takes "
-                              f"(N, {', '.join(map(str, want))})")
-    check_inputs(x, str(input_path), ndims=(4,))
-    x = x.astype(np.float32)
-    if normalized and "shrinkflow.norm" in meta:
-        norm = json.loads(meta["shrinkflow.norm"])
-        if takes_raw_input(meta):  # undo it: the artifact normalises inside
-            x = (x * np.float32(norm["std"]) + np.float32(norm["mean"])) * np.float32(norm["scale"])
-    elif not normalized:
-        x = input_for(meta, x)
-    sess = ort_session(blob, 1)
-    name = sess.get_inputs()[0].name
-    logits = batched(lambda xb: sess.run(None, {name: xb})[0], x)
+    with tempfile.TemporaryDirectory() as d:
+        local, target = fetch(model_uri, Path(d))
+        if target == "onnxruntime":
+            try:
+                proto = onnx.load(str(model_file(local, ".onnx")))
+            except ShrinkflowError:
+                raise
+            except Exception:
+                raise ShrinkflowError(f"{model_uri}: not an ONNX model") from None
+            meta = {p.key: p.value for p in proto.metadata_props}
+            dims = proto.graph.input[0].type.tensor_type.shape.dim
+            want = [dim.dim_value for dim in dims[1:]]
+            raw = takes_raw_input(meta)
+            norm = json.loads(meta.get("shrinkflow.norm", "{}"))
+            classes = json.loads(meta.get("shrinkflow.classes", "[]"))
+        else:
+            side = json.loads((local / SIDECAR).read_text())
+            want, raw, norm, classes = side["input_shape"], True, side.get("norm", {}), \
+                side.get("classes", [])
+            meta = {}
+        x = read_npz(input_path, ("x",))["x"]
+        if x.ndim == len(want):  # (N, H, W) for one channel
+            x = x[:, None]
+        if list(x.shape[1:]) != list(want):
+            raise ShrinkflowError(f"{input_path}: x has shape {x.shape}; the model takes "
+                                  f"(N, {', '.join(map(str, want))})")
+        check_inputs(x, str(input_path), ndims=(4,))
+        x = x.astype(np.float32)
+        if normalized and norm:
+            if raw:  # undo it: the artifact normalises inside
+                x = (x * np.float32(norm["std"]) + np.float32(norm["mean"])) * \
+                    np.float32(norm["scale"])
+        elif not normalized and target == "onnxruntime":
+            x = input_for(meta, x)
+        run = targets.get(target).load(str(local), 1)
+        logits = batched(run, x)
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = e / e.sum(1, keepdims=True)
-    classes = json.loads(meta.get("shrinkflow.classes", "[]"))
     pred = logits.argmax(1)
     result = {"pred": pred, "probs": probs.astype(np.float32),
               "labels": [classes[i] if i < len(classes) else str(i) for i in pred]}

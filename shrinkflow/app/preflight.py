@@ -62,6 +62,14 @@ def check_architectures(params: Params, shape: tuple[int, ...] | None) -> None:
         raise ShrinkflowError(str(exc)) from None
 
 
+def check_targets(params: Params) -> None:
+    """Every target's runtime is installed (else one line naming the extra)."""
+    from shrinkflow.targets import base as targets
+
+    for name in params.target_names:
+        targets.get(name).check_available()
+
+
 def check_workspace(ws: Workspace) -> None:
     if not ws.root.is_dir():
         raise ShrinkflowError(f"workspace {ws.root}: not a directory")
@@ -72,6 +80,7 @@ def check_workspace(ws: Workspace) -> None:
 def preflight(params: Params, ws: Workspace) -> str:
     """Run every check; return the resolved tracking URI."""
     check_workspace(ws)
+    check_targets(params)
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
     shape = check_data(params, ws.root)
     check_architectures(params, shape)

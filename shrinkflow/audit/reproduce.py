@@ -80,7 +80,7 @@ def reproduce(uri: str, target: str, root: str | Path, tolerance: float = 0.005,
         known = {"prepare": StepRecord(step_id="prepare", kind="prepare", key="",
                                        record_type="DataArtifact",
                                        record=data.model_dump(mode="json"))}
-        wanted = [plan.models[n].validation[TARGET] for n in names]
+        wanted = [v for n in names for v in plan.models[n].validation.values()]
         results = execute(plan, ws, wanted, known=known)
     finally:
         if keep is None:
@@ -99,9 +99,12 @@ def reproduce(uri: str, target: str, root: str | Path, tolerance: float = 0.005,
             ok &= within
             rows.append({"model": name, "metric": key, "recorded": old, "reproduced": new,
                          "diff": new - old, "within": within})
-        for label, got, want in (
-                ("checkpoint sha256", results[mp.checkpoint].sha256, rec.model.checkpoint.sha256),
-                ("onnx sha256", results[mp.exports[TARGET]].sha256, rec.model.onnx.sha256)):
+        pairs = [("checkpoint sha256", results[mp.checkpoint].sha256, rec.model.checkpoint.sha256),
+                 ("onnx sha256", results[mp.exports[TARGET]].sha256, rec.model.onnx.sha256)]
+        pairs += [(f"{e.target} sha256", results[mp.exports[e.target]].sha256, e.sha256)
+                  for e in rec.model.exports
+                  if e.target != TARGET and e.target in mp.exports]
+        for label, got, want in pairs:
             identical = got == want
             if same:
                 ok &= identical

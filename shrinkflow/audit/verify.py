@@ -42,6 +42,18 @@ def _check_hash(item: str, path: Path | None, expected: str, where: str) -> Chec
     return Check(item=item, status="OK", detail=f"sha256 {got[:16]}… ({where})")
 
 
+def _check_tree(item: str, path: Path | None, expected: str, where: str) -> Check:
+    from shrinkflow.core.files import path_sha256
+
+    if path is None or not path.exists():
+        return Check(item=item, status="MISSING", detail=f"not found in {where}")
+    got = path_sha256(path)
+    if got != expected:
+        return Check(item=item, status="MISMATCH",
+                     detail=f"sha256 {got[:16]}… != recorded {expected[:16]}… ({where})")
+    return Check(item=item, status="OK", detail=f"sha256 {got[:16]}… ({where})")
+
+
 def _verify_data(report: Report, root: Path, restored: Path) -> list[Check]:
     d = report.models[-1].data
     checks = []
@@ -88,6 +100,12 @@ def verify(report: Report, root: str | Path) -> list[Check]:
             ckpt = _download(uri, f"runs:/{r.run_id}/{m.checkpoint.artifact}", tmp / f"c{i}")
             checks.append(_check_hash(f"{name}: checkpoint", ckpt, m.checkpoint.sha256,
                                       "MLflow run artifacts"))
+            for e in m.exports:
+                if e.target == "onnxruntime":
+                    continue  # the ONNX model above
+                local = _download(uri, f"runs:/{r.run_id}/{e.artifact}", tmp / f"e{i}{e.target}")
+                checks.append(_check_tree(f"{name}: {e.target} artifact", local, e.sha256,
+                                          "MLflow run artifacts"))
         restored = tmp / "prepared"
         checks += _verify_data(report, root, restored)
         data_dir = restored if (restored / "meta.json").is_file() else root / "data" / "prepared"

@@ -70,6 +70,9 @@ def format_error(err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
         return f"{loc}: unknown key (check its spelling; see the shipped params.yaml for the keys)"
+    if kind == "union_tag_invalid":
+        return (f"{loc}: unknown {ctx.get('discriminator', 'kind').strip(chr(39))} "
+                f"{ctx.get('tag')!r} (one of {ctx.get('expected_tags')})")
     if kind == "literal_error":
         return f"{loc}: must be one of {ctx.get('expected')} (got {err.get('input')!r})"
     if kind in ("value_error", "assertion_error"):

@@ -76,6 +76,10 @@ class ExportArtifact(Artifact):
     quantization: str = "none"  # none | dynamic | static | qat
     calibration_fingerprint: str = ""  # sha256 of the static-calibration subset
     weight_bits: int = 0  # int8 weights: 7 (AVX2 saturation workaround) or 8; 0 for float
+    failure: str = ""  # format "failed": why this target could not convert the model
+
+    def is_intact(self) -> bool:
+        return self.format == "failed" or super().is_intact()
 
 
 class LatencyArtifact(Artifact):

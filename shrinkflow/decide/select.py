@@ -38,6 +38,7 @@ class ModelResult(BaseModel):
     parent: str | None
     quantized: bool = False
     values: dict[str, float]
+    failure: str = ""  # the target could not convert or run this model
 
 
 class Verdict(BaseModel):
@@ -158,10 +159,18 @@ def decide(models: list[ModelResult], gates: GatesParams, select: SelectParams,
     (the first model) is a candidate too: a run whose variants all fail still offers a
     deployable model.
     """
-    results = {m.name: m.values for m in models}
-    teacher = models[0].values
     latency_key = f"latency_p50_ms_b{gates.latency_batch}"
     verdicts: dict[str, Verdict] = {}
+    if models[0].failure:  # no reference on this target: nothing can be judged
+        why = f"the teacher is not available on {target}: {models[0].failure}"
+        return Decision(objective=select.objective, target=target, why=why,
+                        verdicts={m.name: Verdict(name=m.name, parent=m.parent,
+                                                  reasons=(m.failure or why,)) for m in models})
+    failed = {m.name: Verdict(name=m.name, parent=m.parent, reasons=(m.failure,))
+              for m in models if m.failure}
+    models = [m for m in models if not m.failure]
+    results = {m.name: m.values for m in models}
+    teacher = models[0].values
     for m in models:
         section = "validate.quantized_gates" if m.quantized else "validate.gates"
         limits = parity["quantized" if m.quantized else "float"]
@@ -171,11 +180,14 @@ def decide(models: list[ModelResult], gates: GatesParams, select: SelectParams,
                 and m.name in samples:
             comparison = speed.compare(samples, m.name, m.parent, gates.latency_batch,
                                        confidence, resolution)
+        elif m.parent is not None and samples is not None:
+            reasons.append(f"its parent {m.parent} has no latency on {target} to compare with")
         reasons += gate_reasons(m.values, teacher, accuracy_key, gates, comparison)
         verdicts[m.name] = Verdict(
             name=m.name, parent=m.parent, reasons=tuple(reasons),
             score=objective_score(m.values, teacher, select, latency_key, accuracy_key),
             speed_vs_parent=comparison.as_dict() if comparison else None)
+    verdicts.update(failed)
     passing = {n: results[n] for n, v in verdicts.items() if v.passed}
     frontier = pareto_front(passing, accuracy_key, samples, gates.latency_batch, confidence,
                             resolution)

@@ -161,3 +161,28 @@ def prepare_qat(model: nn.Module, per_channel: bool = True, weight_bits: int = 7
         else:
             head.append(m)
     return QATModel(nn.Sequential(*feats), model.pool, nn.Sequential(*head))
+
+
+def to_float(model: nn.Module) -> nn.Module:
+    """The float network inside a quantization-aware model: each fake-quantized conv and
+    linear layer becomes its (BatchNorm-folded, QAT-trained) float layer and the
+    activation fake-quant disappears; for runtimes that quantize with their own tools."""
+    import copy
+
+    if not isinstance(model, QATModel):
+        return model
+    out = copy.deepcopy(model)
+
+    def strip(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, QConv2d):
+                setattr(parent, name, child.conv)
+            elif isinstance(child, QLinear):
+                setattr(parent, name, child.linear)
+            elif isinstance(child, ActFakeQuant):
+                setattr(parent, name, nn.Identity())
+            else:
+                strip(child)
+
+    strip(out)
+    return out.eval()

@@ -42,6 +42,8 @@ def section_hashes(params: Params) -> dict[str, str]:
     for key, value in params.dump().items():
         if key == "variants":
             out.update({f"variants.{n}": params.variants[n].config_hash() for n in value})
+        elif key == "targets":
+            out.update({f"targets.{t.runtime}": t.config_hash() for t in params.targets})
         else:
             out[key] = getattr(params, key if key != "validate" else "validate_").config_hash()
     return out

@@ -28,16 +28,24 @@ STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "train": (("train",), (), ("train", "base.torch_threads")),
     "compress": (("prune", "finetune", "quantize", "distill"), (),
                  ("variants.${key}", "base.torch_threads")),
-    "convert": (("convert", "quantize"), (), ("convert", "variants")),
+    "convert": (("convert", "quantize"), (), ("convert", "variants", "targets")),
     # The validate stage also writes the gate verdicts (decide) into its metrics file.
     "validate": (("validate", "latency"), ("shrinkflow.decide.select",),
-                 ("validate", "variants", "gates", "select")),
+                 ("validate", "variants", "targets", "gates", "select")),
 }
 
 
+# Stages whose steps load a target's module by name (every target, whichever is chosen).
+TARGET_STAGES = ("convert", "validate")
+
+
 def code_deps(stage: str) -> list[str]:
+    from shrinkflow.targets import base as targets
+
     kinds, extra, _ = STAGES[stage]
     modules = [steps.kind(k).module for k in kinds] + list(extra)
+    if stage in TARGET_STAGES:
+        modules += [f"shrinkflow.targets.{t}" for t in targets.names()]
     return relative_files(modules)
 
 
@@ -61,10 +69,10 @@ def document() -> dict[str, Any]:
         elif stage == "convert":
             stages[stage] = {"cmd": "python -m shrinkflow.tasks convert",
                              "deps": ["data/prepared", "models", *code], "params": list(params),
-                             "outs": ["onnx"]}
+                             "outs": ["onnx", "exports"]}
         else:
             stages[stage] = {"cmd": "python -m shrinkflow.tasks validate",
-                             "deps": ["data/prepared", "models", "onnx", *code],
+                             "deps": ["data/prepared", "models", "onnx", "exports", *code],
                              "params": list(params),
                              "metrics": [{"metrics/validate.json": {"cache": False}}],
                              "plots": [{"metrics/pareto.json": {

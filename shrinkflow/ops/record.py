@@ -58,6 +58,8 @@ class Outcome(BaseModel):
     # Where the wall time went (seconds): compute (the executor), each record-keeping
     # part, and the sum of the steps' own times.
     timing: dict[str, float] = Field(default_factory=dict)
+    # The other targets: selected, rejected, registered version and promotion of each.
+    targets: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 # --- results and the decision ------------------------------------------------------------
@@ -70,13 +72,22 @@ def latency_doc(plan: Plan, records: dict[str, StepRecord], target: str = TARGET
 def model_results(plan: Plan, records: dict[str, StepRecord], target: str = TARGET
                   ) -> list[ModelResult]:
     """Each model's values on ``target``: validation, latency (p50/p95 with interval
-    bounds), how its last training went, and ratios against the teacher."""
+    bounds), how its last training went, and ratios against the teacher. A model the
+    target could not convert carries the failure instead."""
     doc = latency_doc(plan, records, target)
     key = accuracy_key(target)
     out: list[ModelResult] = []
     teacher: dict[str, float] | None = None
     for name, mp in plan.models.items():
-        values = dict(records[mp.validation[target]].output().values)
+        metrics = records[mp.validation[target]].output()
+        if metrics.gate_failures and not metrics.values:
+            out.append(ModelResult(name=name, parent=mp.parent, quantized=mp.quantized,
+                                   values={}, failure=metrics.gate_failures[0]))
+            continue
+        values = dict(metrics.values)
+        if "macs" not in values:  # counted from the ONNX graph of the same model
+            values.update({k: v for k, v in records[mp.validation[TARGET]].output()
+                           .values.items() if k in ("macs", "onnx_params")})
         values.update(latency_values(doc, name, plan.params.validate_.confidence))
         ckpt: ModelArtifact = records[mp.checkpoint].output()
         values.update({k: float(v) for k, v in ckpt.summary.items()})
@@ -97,13 +108,39 @@ def decide_run(plan: Plan, records: dict[str, StepRecord], target: str = TARGET)
                   accuracy_key(target), v.resolution)
 
 
+def decide_all(plan: Plan, records: dict[str, StepRecord]
+               ) -> dict[str, tuple[list[ModelResult], Decision]]:
+    """Results and decision of every target (the default first)."""
+    return {t: (model_results(plan, records, t), decide_run(plan, records, t))
+            for t in plan.params.target_names}
+
+
+def target_values(decisions: dict[str, tuple[list[ModelResult], Decision]]
+                  ) -> dict[str, dict[str, float]]:
+    """Every model's values across targets: the default target's as they are, the
+    others' prefixed with the target name (``openvino.latency_p50_ms_b256``)."""
+    out: dict[str, dict[str, float]] = {}
+    for t, (results, decision) in decisions.items():
+        for m in results:
+            prefix = "" if t == TARGET else f"{t}."
+            row = out.setdefault(m.name, {})
+            row.update({f"{prefix}{k}": v for k, v in m.values.items()})
+            row[f"{prefix}gate_passed"] = float(decision.verdicts[m.name].passed)
+    return out
+
+
 # --- workspace files ----------------------------------------------------------------------
 
 
-def metrics_document(results: list[ModelResult], decision: Decision) -> dict[str, dict]:
-    """``metrics/validate.json``: one entry per model, with its gate verdict."""
-    return {m.name: {**{k: round(v, 8) for k, v in m.values.items()},
-                     "gate_passed": decision.verdicts[m.name].passed} for m in results}
+def metrics_document(decisions: dict[str, tuple[list[ModelResult], Decision]]
+                     ) -> dict[str, dict]:
+    """``metrics/validate.json``: one entry per model; the default target's metrics and
+    gate verdict as they are, other targets' prefixed with their name."""
+    doc = {}
+    for name, values in target_values(decisions).items():
+        doc[name] = {k: (bool(v) if k.endswith("gate_passed") else round(v, 8))
+                     for k, v in values.items()}
+    return doc
 
 
 def curves(plan: Plan, records: dict[str, StepRecord]) -> dict[str, list[dict[str, Any]]]:
@@ -118,12 +155,15 @@ def curves(plan: Plan, records: dict[str, StepRecord]) -> dict[str, list[dict[st
 
 
 def write_metrics(ws: Workspace, plan: Plan, records: dict[str, StepRecord],
-                  results: list[ModelResult], decision: Decision) -> list[Path]:
-    """metrics/validate.json, metrics/pareto.json and metrics/curves/<model>.json."""
+                  decisions: dict[str, tuple[list[ModelResult], Decision]]) -> list[Path]:
+    """metrics/validate.json, metrics/pareto.json (every target) and
+    metrics/curves/<model>.json."""
     from shrinkflow.ops.report import pareto_points
 
-    files: dict[Path, Any] = {ws.validate_metrics: metrics_document(results, decision),
-                              ws.root / "metrics" / "pareto.json": pareto_points(results, decision)}
+    pareto = [{**row, "target": t} for t, (results, decision) in decisions.items()
+              for row in pareto_points(results, decision)]
+    files: dict[Path, Any] = {ws.validate_metrics: metrics_document(decisions),
+                              ws.root / "metrics" / "pareto.json": pareto}
     curve_dir = ws.root / "metrics" / "curves"
     curve_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in curves(plan, records).items():
@@ -213,10 +253,7 @@ def build_lineage(plan: Plan, records: dict[str, StepRecord], name: str, parent_
             calibration_fingerprint=export.calibration_fingerprint or None,
             onnx=lin.OnnxRef(sha256=export.sha256, artifact=f"{name}/model.onnx"),
             checkpoint=lin.FileRef(sha256=ckpt.sha256, artifact=f"checkpoint/{name}.pt"),
-            exports=[lin.ExportRef(target=export.target, format=export.format,
-                                   sha256=export.sha256, artifact=f"{name}/model.onnx",
-                                   runtime={k: v for k, v in machine.runtimes().items()
-                                            if k in ("onnxruntime", "openvino", "ai-edge-litert")})]),
+            exports=_export_refs(plan, records, name)),
         chain=chain_entries(plan, records, name),
         parent=lin.ParentRef(name=mp.parent, run_id=parent_run) if mp.parent else None,
         data=lin.DataInfo(dataset=data.dataset, fingerprint=data.fingerprint,
@@ -231,33 +268,61 @@ def build_lineage(plan: Plan, records: dict[str, StepRecord], name: str, parent_
         created=info["created"])
 
 
-def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord], results: list[ModelResult],
-               decision: Decision, info: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """One nested MLflow run per model, parents first; a model whose content is
-    unchanged keeps its earlier run (its verdict tags and latency are updated)."""
+def _verdict_tags(decisions: dict[str, tuple[list[ModelResult], Decision]], name: str
+                  ) -> dict[str, str]:
+    """Gate verdicts of one model on every target (``shrinkflow.gate`` for the default
+    target, ``shrinkflow.gate.<target>`` for the others)."""
+    tags = {}
+    for t, (_, decision) in decisions.items():
+        verdict, suffix = decision.verdicts[name], "" if t == TARGET else f".{t}"
+        tags.update({f"{TAG}gate{suffix}": "pass" if verdict.passed else "fail",
+                     f"{TAG}gate_reasons{suffix}": "; ".join(verdict.reasons)[:4000],
+                     f"{TAG}pareto{suffix}": str(verdict.on_frontier).lower(),
+                     f"{TAG}selected{suffix}": str(name == decision.selected).lower()})
+    return tags
+
+
+def _export_refs(plan: Plan, records: dict[str, StepRecord], name: str) -> list[lin.ExportRef]:
+    """Every target's artifact of one model: format, hash, where the run keeps it, runtime
+    versions (failed conversions are not artifacts: their reasons are in the verdicts)."""
+    from shrinkflow.targets import base as targets
+
+    out = []
+    for t, sid in plan.models[name].exports.items():
+        e: ExportArtifact = records[sid].output()
+        if e.format == "failed":
+            continue
+        out.append(lin.ExportRef(target=t, format=e.format, sha256=e.sha256,
+                                 artifact=f"{name}/model.onnx" if t == TARGET else f"exports/{t}",
+                                 runtime=targets.get(t).versions()))
+    return out
+
+
+def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord],
+               decisions: dict[str, tuple[list[ModelResult], Decision]], info: dict[str, Any]
+               ) -> dict[str, dict[str, Any]]:
+    """One nested MLflow run per model, parents first, holding every target: the default
+    target's metrics as they are, the others' prefixed with the target name (one row per
+    model in MLflow's comparison view), the ONNX model, the other targets' artifacts under
+    ``exports/<target>``. A model whose content is unchanged keeps its earlier run (its
+    verdict tags and latency are updated)."""
     import numpy as np
 
     from shrinkflow.data.prepare import raw_test_split
 
     c = tracking.client(run.tracking_uri)
-    values = {m.name: m.values for m in results}
+    values = target_values(decisions)
     logged: dict[str, dict[str, Any]] = {}
     data = records["prepare"].output()
     dataset = None
     example = None
     for name, mp in plan.models.items():
-        verdict = decision.verdicts[name]
         export: ExportArtifact = records[mp.exports[TARGET]].output()
         ckpt: ModelArtifact = records[mp.checkpoint].output()
         key = model_key(plan, records, name)
-        verdict_tags = {
-            f"{TAG}gate": "pass" if verdict.passed else "fail",
-            f"{TAG}gate_reasons": "; ".join(verdict.reasons)[:4000],
-            f"{TAG}pareto": str(verdict.on_frontier).lower(),
-            f"{TAG}selected": str(name == decision.selected).lower(),
-            f"{TAG}last_pipeline_run_id": run.run_id,
-            f"{TAG}machine": info["machine"]}
-        latency = {k: v for k, v in values[name].items() if k.startswith("latency_")}
+        verdict_tags = {**_verdict_tags(decisions, name),
+                        f"{TAG}last_pipeline_run_id": run.run_id, f"{TAG}machine": info["machine"]}
+        latency = {k: v for k, v in values[name].items() if "latency_" in k}
         existing = tracking.find_model_run(run.tracking_uri, run.experiment_id, key)
         if existing:
             tracking.set_tags(RunRef(tracking_uri=run.tracking_uri,
@@ -285,7 +350,8 @@ def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord], results:
                 f"{TAG}opset": str(export.opset), f"{TAG}quantization": export.quantization,
                 f"{TAG}weight_bits": str(export.weight_bits),
                 f"{TAG}calibration_fingerprint": export.calibration_fingerprint,
-                f"{TAG}target": TARGET, f"{TAG}workspace": str(info["workspace"]),
+                f"{TAG}targets": ",".join(plan.params.target_names),
+                f"{TAG}workspace": str(info["workspace"]),
                 f"{TAG}workers": ",".join(sorted({records[s].worker for s in mp.chain
                                                   if records[s].worker})),
                 f"{TAG}git_commit": info["git"]["commit"], f"{TAG}git_dirty": info["git"]["dirty"],
@@ -311,6 +377,10 @@ def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord], results:
             named = Path(d) / f"{name}.pt"
             shutil.copyfile(ckpt.path, named)
             c.log_artifact(run_id, str(named), artifact_path="checkpoint")
+        for t, sid in mp.exports.items():
+            other: ExportArtifact = records[sid].output()
+            if t != TARGET and other.format != "failed":
+                c.log_artifacts(run_id, other.path, artifact_path=f"exports/{t}")
         lineage = build_lineage(plan, records, name, parent_run, info)
         lineage.model.onnx.mlflow_uri = stored["model_uri"]
         lineage.model.onnx.mlflow_location = stored["location"]
@@ -356,14 +426,16 @@ def describe_version(plan: Plan, name: str, decision: Decision) -> str:
     steps = ", ".join(s.kind for s in plan.params.variants[name].steps) \
         if name in plan.params.variants else "train"
     status = "passed its gates" if verdict.passed else "failed: " + "; ".join(verdict.reasons)
-    return (f"{name} ({steps}) from {chain}. Selected as {decision.objective} on the Pareto "
-            f"frontier: {decision.why}. Gates: {status}.")
+    return (f"{name} ({steps}) from {chain}, for {decision.target}. Selected as "
+            f"{decision.objective} on the Pareto frontier: {decision.why}. Gates: {status}.")
 
 
-def register_and_promote(run: RunRef, plan: Plan, decision: Decision, results: list[ModelResult],
+def register_and_promote(run: RunRef, plan: Plan, target: str, results: list[ModelResult],
+                         decision: Decision, records: dict[str, StepRecord],
                          logged: dict[str, dict[str, Any]], info: dict[str, Any]
                          ) -> tuple[str, registry.Promotion]:
-    """Register the selected model as challenger, then try to promote it."""
+    """Register the model selected for ``target`` as that target's challenger, then try
+    to promote it (aliases ``champion`` for the default target, ``champion-<target>``)."""
     from shrinkflow.data.prepare import raw_test_split
 
     p = plan.params
@@ -371,44 +443,55 @@ def register_and_promote(run: RunRef, plan: Plan, decision: Decision, results: l
     values = next(m.values for m in results if m.name == name)
     verdict = decision.verdicts[name]
     data = info["data"]
-    tags = {f"{TAG}variant": name, f"{TAG}target": TARGET,
+    export: ExportArtifact = records[plan.models[name].exports[target]].output()
+    tags = {f"{TAG}variant": name, f"{TAG}target": target,
             f"{TAG}lineage": " > ".join(p.lineage_chain(name)),
             f"{TAG}data_fingerprint": data.fingerprint, f"{TAG}dataset": data.dataset,
             f"{TAG}pipeline_run_id": run.run_id, f"{TAG}model_run_id": logged[name]["run_id"],
             f"{TAG}gate": "pass" if verdict.passed else "fail",
             f"{TAG}gate_reasons": "; ".join(verdict.reasons)[:4000],
             f"{TAG}selection": decision.why, f"{TAG}params_hash": p.config_hash(),
-            f"{TAG}onnx_sha256": logged[name]["onnx_sha256"], f"{TAG}machine": info["machine"],
-            f"{TAG}mlflow_sha256": logged[name].get("mlflow_sha256", ""),
+            f"{TAG}artifact_sha256": export.sha256, f"{TAG}format": export.format,
+            f"{TAG}machine": info["machine"],
             f"{TAG}lineage_uri": f"runs:/{logged[name]['run_id']}/{lin.ARTIFACT}",
             f"{TAG}git_commit": info["git"]["commit"], f"{TAG}git_dirty": info["git"]["dirty"],
             **info["state"].tags()}
-    version = registry.register(run.tracking_uri, p.registered_model_name(),
-                                logged[name]["model_uri"], logged[name]["run_id"], values, tags,
-                                "shrinkflow run", describe_version(plan, name, decision))
+    if target == TARGET:
+        tags.update({f"{TAG}onnx_sha256": logged[name]["onnx_sha256"],
+                     f"{TAG}mlflow_sha256": logged[name].get("mlflow_sha256", "")})
+        source = logged[name]["model_uri"]
+    else:  # the artifact directory logged in the model's run
+        source = f"runs:/{logged[name]['run_id']}/exports/{target}"
+    version = registry.register(run.tracking_uri, p.registered_model_name(), source,
+                                logged[name]["run_id"], values, tags, "shrinkflow run",
+                                describe_version(plan, name, decision), target)
     x, y, _ = raw_test_split(data.path)
     promotion = registry.promote(run.tracking_uri, p.registered_model_name(), version, p.select,
                                  p.registry, "shrinkflow run", (x, y, data.fingerprint),
-                                 latency_batch=p.gates.latency_batch, threads=p.validate_.threads,
+                                 target=target, latency_batch=p.gates.latency_batch,
+                                 threads=p.target_threads(target),
                                  resolution=p.validate_.resolution)
     return version, promotion
 
 
-def write_report(ws: Workspace, run_id: str, results: list[ModelResult], decision: Decision,
-                 moved: str | None, machine_line: str) -> tuple[Path, Path]:
+def write_report(ws: Workspace, run_id: str,
+                 decisions: dict[str, tuple[list[ModelResult], Decision]],
+                 moves: dict[str, str], machine_line: str) -> tuple[Path, Path]:
     from shrinkflow.ops.report import write_report as write
 
-    return write(results, decision, ws.root / "reports", run_id, f"shrinkflow run {run_id}",
-                 moved, machine_line)
+    return write(decisions, ws.root / "reports", run_id, f"shrinkflow run {run_id}", moves,
+                 machine_line)
 
 
-def latency_artifact(plan: Plan, records: dict[str, StepRecord], ws: Workspace) -> Path:
-    """A copy of the latency samples for the run's artifacts."""
-    src = Path(records[plan.latency[TARGET]].record["path"])
-    dest = ws.state_dir / "latency" / f"latency-{TARGET}.json"
-    with atomic_path(dest) as tmp:
-        tmp.write_bytes(src.read_bytes())
-    return dest
+def latency_artifacts(plan: Plan, records: dict[str, StepRecord], ws: Workspace) -> list[Path]:
+    """Copies of every target's latency samples, for the run's artifacts."""
+    out = []
+    for target, sid in plan.latency.items():
+        dest = ws.state_dir / "latency" / f"latency-{target}.json"
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(Path(records[sid].record["path"]).read_bytes())
+        out.append(dest)
+    return out
 
 
 def machine_line(plan: Plan, records: dict[str, StepRecord]) -> str:
@@ -418,6 +501,15 @@ def machine_line(plan: Plan, records: dict[str, StepRecord]) -> str:
 
 def environment_info() -> dict[str, str]:
     return environment()
+
+
+def target_summary(target: str, decision: Decision, version: str | None,
+                   promotion: registry.Promotion | None) -> dict[str, Any]:
+    return {"selected": decision.selected, "selection": decision.why,
+            "rejected": {n: list(v.reasons) for n, v in decision.verdicts.items()
+                         if not v.passed},
+            "registered_version": version,
+            "promotion": promotion.model_dump() if promotion else {}}
 
 
 def run_info(plan: Plan, ws: Workspace, records: dict[str, StepRecord] | None = None

@@ -32,6 +32,7 @@ from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.decide.promotion import RegistryParams, challenger_wins, needs_latency
 from shrinkflow.decide.select import SelectParams
 from shrinkflow.ops.tracking import TAG, call, client
+from shrinkflow.steps.validate import accuracy_key
 
 DEFAULT_TARGET = "onnxruntime"
 METRIC_TAG = f"{TAG}metric."
@@ -181,18 +182,19 @@ def register(uri: str, name: str, model_uri: str, run_id: str, values: dict[str,
     give it the challenger alias; the same artifact selected again reuses its version."""
     c = client(uri)
     call(uri, "register a model", ensure_registered_model, c, name)
-    sha = tags.get(f"{TAG}onnx_sha256")
+    sha = tags.get(f"{TAG}artifact_sha256") or tags.get(f"{TAG}onnx_sha256")
     challenger = alias("challenger", target)
     if sha:
         for mv in c.search_model_versions(f"name='{name}'"):
-            if mv.tags.get(f"{TAG}onnx_sha256") == sha:
+            same = mv.tags.get(f"{TAG}artifact_sha256") or mv.tags.get(f"{TAG}onnx_sha256")
+            if same == sha and mv.tags.get(f"{TAG}target", DEFAULT_TARGET) == target:
                 version = str(mv.version)
                 c.set_registered_model_alias(name, challenger, version)
                 record_event(c, name, version, challenger, command,
                              "selected again: the same artifact as this version", target)
                 return version
-    all_tags = {**tags, **{f"{METRIC_TAG}{k}": f"{values[k]:.8g}" for k in KEY_METRICS
-                           if k in values}}
+    all_tags = {**tags, **{f"{METRIC_TAG}{k}": f"{values[k]:.8g}" for k in values
+                           if k in KEY_METRICS or k.endswith("_test_accuracy")}}
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     mv = c.create_model_version(name, source=model_uri, run_id=run_id, tags=all_tags,
                                 description=description, model_id=model_id)
@@ -203,59 +205,73 @@ def register(uri: str, name: str, model_uri: str, run_id: str, values: dict[str,
     return version
 
 
-def load_onnx_bytes(model_uri: str) -> bytes:
-    import mlflow.onnx
+def _download(model_uri: str, dst: Path) -> Path:
+    import mlflow
 
     try:
-        return mlflow.onnx.load_model(model_uri).SerializeToString()
+        return Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst)))
     except Exception as exc:
         raise ShrinkflowError(f"{model_uri}: cannot load ({type(exc).__name__}: "
                               f"{str(exc)[:200]}); see `shrinkflow models`") from None
 
 
-def evaluate_onnx(blob: bytes, x_raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy and size of an ONNX model, measured now on raw test inputs."""
-    import onnx
+def version_runner(model_uri: str, target: str, threads: int, dst: Path):
+    """(runner taking raw inputs, artifact bytes on disk) of a registered version."""
+    from shrinkflow.steps.validate import size_stats
+    from shrinkflow.targets import base as targets
+
+    local = _download(model_uri, dst)
+    run = targets.get(target).load(str(local), threads)
+    if target == DEFAULT_TARGET:  # versions made before preprocessing moved into the graph
+        import onnx
+
+        from shrinkflow.targets.base import model_file
+        from shrinkflow.targets.onnxruntime import input_for
+
+        proto = onnx.load(str(model_file(local, ".onnx")), load_external_data=False)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        inner = run
+        run = lambda x: inner(input_for(meta, x))  # noqa: E731
+        size = float(model_file(local, ".onnx").stat().st_size)
+    else:
+        size = size_stats(local)["size_bytes"]
+    return run, size
+
+
+def evaluate(model_uri: str, target: str, x_raw: np.ndarray, y: np.ndarray, key: str
+             ) -> dict[str, float]:
+    """Accuracy and size of a registered version, measured now on raw test inputs."""
+    import tempfile
 
     from shrinkflow.targets.base import batched
-    from shrinkflow.targets.onnxruntime import input_for, ort_session
 
-    meta = {p.key: p.value for p in onnx.load_from_string(blob).metadata_props}
-    sess = ort_session(blob, 1)
-    name = sess.get_inputs()[0].name
-    logits = batched(lambda xb: sess.run(None, {name: xb})[0], input_for(meta, x_raw))
-    return {"onnx_test_accuracy": float((logits.argmax(1) == y).mean()),
-            "size_bytes": float(len(blob))}
+    with tempfile.TemporaryDirectory() as d:
+        run, size = version_runner(model_uri, target, 1, Path(d))
+        logits = batched(run, x_raw.astype(np.float32))
+    return {key: float((logits.argmax(1) == y).mean()), "size_bytes": size}
 
 
-def measure_side_by_side(blobs: dict[str, bytes], x_raw: np.ndarray, rounds: int = 12,
-                         threads: int = 1, batch: int = 256, repeats: int = 5,
+def measure_side_by_side(uris: dict[str, str], target: str, x_raw: np.ndarray,
+                         rounds: int = 12, threads: int = 1, batch: int = 256, repeats: int = 5,
                          confidence: float = 0.95, resolution: float = 0.02) -> dict[str, Any]:
-    """Time two registered models now, interleaved in rounds; the speed-up of the first
-    over the second with its interval, and the machine."""
-    import onnx
+    """Time two registered versions now, interleaved in rounds; the speed-up of the
+    first over the second with its interval, and the machine."""
+    import tempfile
 
     from shrinkflow.steps.validate import measure_rounds
-    from shrinkflow.targets.onnxruntime import input_for, ort_session
 
-    runners = {}
-    for label, blob in blobs.items():
-        meta = {p.key: p.value for p in onnx.load_from_string(blob).metadata_props}
-        sess = ort_session(blob, threads)
-        name = sess.get_inputs()[0].name
-        raw = not ("shrinkflow.norm" in meta and meta.get("shrinkflow.input") != "raw")
-        runners[label] = (lambda s, n, m, r: (lambda xb: s.run(None, {n: xb if r else
-                                                                       input_for(m, xb)})[0]))(
-            sess, name, meta, raw)
-    samples = {n: {str(batch): []} for n in runners}
-    measure_rounds(runners, x_raw.astype(np.float32), samples, rounds, 3, {batch: repeats})
+    with tempfile.TemporaryDirectory() as d:
+        runners = {label: version_runner(uri, target, threads, Path(d) / label)[0]
+                   for label, uri in uris.items()}
+        samples = {n: {str(batch): []} for n in runners}
+        measure_rounds(runners, x_raw.astype(np.float32), samples, rounds, 1, {batch: repeats})
     a, b = list(runners)
     speed = stats.speedup(stats.widen(stats.ratio_interval(
         samples[b][str(batch)], samples[a][str(batch)], confidence), resolution))
     return {"speedup": speed, "summary": {
         "speedup": speed.as_dict(), "verdict": stats.compare(speed), "batch": batch,
-        "rounds": rounds, "threads": threads, "machine": machine.describe(
-            machine.fingerprint({"runtime": threads})),
+        "rounds": rounds, "threads": threads, "target": target,
+        "machine": machine.describe(machine.fingerprint({"runtime": threads})),
         "p50_ms": {n: float(np.median([t for r in samples[n][str(batch)] for t in r]))
                    for n in samples}}}
 
@@ -328,27 +344,26 @@ def promote(uri: str, name: str, version: str | None, select: SelectParams,
         data_fp = test_data[2] if test_data else mv.tags.get(f"{TAG}data_fingerprint")
         same_data = old.tags.get(f"{TAG}data_fingerprint") == data_fp == \
             mv.tags.get(f"{TAG}data_fingerprint")
-        blobs = None
-        if not same_data or needs_latency(select):
-            if test_data is None:
-                raise ShrinkflowError(
-                    f"registry {name}: comparing v{version} with champion v{old.version} needs "
-                    "the test data; run `shrinkflow promote` in the workspace whose prepared "
-                    "data should decide")
-            blobs = {"challenger": load_onnx_bytes(f"models:/{name}/{version}"),
-                     "champion": load_onnx_bytes(f"models:/{name}/{old.version}")}
+        if (not same_data or needs_latency(select)) and test_data is None:
+            raise ShrinkflowError(
+                f"registry {name}: comparing v{version} with champion v{old.version} needs "
+                "the test data; run `shrinkflow promote` in the workspace whose prepared "
+                "data should decide")
+        uris = {"challenger": f"models:/{name}/{version}",
+                "champion": f"models:/{name}/{old.version}"}
+        key = accuracy_key(target)
         note = " (same test data)"
         if not same_data:
             x, y, _ = test_data
-            ours.update(evaluate_onnx(blobs["challenger"], x, y))
-            theirs.update(evaluate_onnx(blobs["champion"], x, y))
+            ours.update(evaluate(uris["challenger"], target, x, y, key))
+            theirs.update(evaluate(uris["champion"], target, x, y, key))
             note = " (both re-evaluated on the current test data)"
         speed, measurement = None, None
         if needs_latency(select):
-            m = measure_side_by_side(blobs, test_data[0], threads=threads, batch=latency_batch,
-                                     resolution=resolution)
+            m = measure_side_by_side(uris, target, test_data[0], threads=threads,
+                                     batch=latency_batch, resolution=resolution)
             speed, measurement = m["speedup"], m["summary"]
-        wins, why = challenger_wins(ours, theirs, select, rule, "onnx_test_accuracy", speed)
+        wins, why = challenger_wins(ours, theirs, select, rule, key, speed)
         why = f"vs champion v{old.version}: {why}{note}"
         if wins:
             _move_champion(c, name, version, old, command, why, target, measurement)

@@ -4,12 +4,12 @@ plot is made from, for ``dvc plots``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from shrinkflow.core import stats
 from shrinkflow.core.files import atomic_path
 from shrinkflow.decide.select import Decision, ModelResult
+from shrinkflow.steps.validate import accuracy_key
 
 
 def _speed(verdict) -> str:
@@ -21,50 +21,66 @@ def _speed(verdict) -> str:
     return f"{c['verdict']}: {stats.describe(i)}"
 
 
-def markdown(results: list[ModelResult], decision: Decision, title: str,
-             promotion: str | None = None, machine: str = "") -> str:
-    lines = [f"# {title}", "",
+def target_section(results: list[ModelResult], decision: Decision,
+                   promotion: str | None = None) -> list[str]:
+    """One target's table: every model, its verdict and why."""
+    key = accuracy_key(decision.target)
+    lines = [f"## {decision.target}", "",
              f"Selected: **{decision.selected or 'none'}** — {decision.why}.", ""]
     if promotion:
         lines += [f"Registry: {promotion}", ""]
-    if machine:
-        lines += [f"Latency measured on: {machine}", ""]
     lines += ["| model | parent | acc % | drop pp | size KB | gzip KB | MACs | b1 ms | b256 ms "
               "(95 % CI) | speed vs parent | sparsity | gates | frontier | reasons |",
               "|" + "---|" * 14]
     teacher = results[0].values
     for m in results:
         v, verdict = m.values, decision.verdicts[m.name]
-        drop = (teacher["onnx_test_accuracy"] - v["onnx_test_accuracy"]) * 100
+        if m.failure or not teacher:
+            lines.append(f"| {m.name} | {verdict.parent or '-'} |" + " - |" * 10 +
+                         f" FAIL | | {'; '.join(verdict.reasons)} |")
+            continue
+        drop = (teacher[key] - v[key]) * 100
         mark = "**selected**" if m.name == decision.selected else (
             "yes" if verdict.on_frontier else "")
         ci = ""
         if "latency_p50_ms_b256_low" in v:
             ci = f" ({v['latency_p50_ms_b256_low']:.3f}–{v['latency_p50_ms_b256_high']:.3f})"
         lines.append(
-            f"| {m.name} | {verdict.parent or '-'} | {v['onnx_test_accuracy'] * 100:.2f} | "
+            f"| {m.name} | {verdict.parent or '-'} | {v[key] * 100:.2f} | "
             f"{drop:+.2f} | {v['size_bytes'] / 1000:.1f} | {v['size_gzip_bytes'] / 1000:.1f} | "
             f"{v.get('macs', 0) / 1e6:.2f}M | {v.get('latency_p50_ms_b1', 0):.3f} | "
             f"{v.get('latency_p50_ms_b256', 0):.3f}{ci} | {_speed(verdict)} | "
             f"{v.get('sparsity', 0) * 100:.0f} % | {'pass' if verdict.passed else 'FAIL'} | "
             f"{mark} | {'; '.join(verdict.reasons)} |")
-    lines += ["", "Sizes are artifacts on disk; gzip shows what unstructured pruning's zeros "
+    return [*lines, ""]
+
+
+def markdown(decisions: dict[str, tuple[list[ModelResult], Decision]], title: str,
+             moves: dict[str, str] | None = None, machine: str = "") -> str:
+    lines = [f"# {title}", ""]
+    if machine:
+        lines += [f"Latency measured on: {machine}", ""]
+    for target, (results, decision) in decisions.items():
+        lines += target_section(results, decision, (moves or {}).get(target))
+    lines += ["Sizes are artifacts on disk; gzip shows what unstructured pruning's zeros "
               "would save compressed. Latency: p50 of one runtime call over interleaved rounds; "
-              "speed vs parent: paired t-interval over rounds of the ratio of per-round medians. "
-              "MACs: multiply-accumulates per sample counted from the graph.", ""]
+              "speed vs parent: paired t-interval over rounds of the log ratio of each round's "
+              "fastest call, widened by validate.resolution. MACs: multiply-accumulates per "
+              "sample counted from the graph.", ""]
     return "\n".join(lines)
 
 
 def pareto_points(results: list[ModelResult], decision: Decision,
                   latency_key: str = "latency_p50_ms_b256") -> list[dict]:
     """The plot's data: one row per model (what ``dvc plots show`` reads)."""
+    key = accuracy_key(decision.target)
     return [{"model": m.name, "size_kb": round(m.values["size_bytes"] / 1000, 3),
-             "accuracy": round(m.values["onnx_test_accuracy"] * 100, 4),
+             "accuracy": round(m.values[key] * 100, 4),
              "latency_ms": round(m.values.get(latency_key, 0.0), 6),
              "macs": m.values.get("macs", 0.0),
              "gate": "pass" if decision.verdicts[m.name].passed else "fail",
              "frontier": decision.verdicts[m.name].on_frontier,
-             "selected": m.name == decision.selected} for m in results]
+             "selected": m.name == decision.selected} for m in results if not m.failure]
 
 
 def pareto_plot(results: list[ModelResult], decision: Decision, path: str | Path,
@@ -75,6 +91,8 @@ def pareto_plot(results: list[ModelResult], decision: Decision, path: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    key = accuracy_key(decision.target)
+    results = [m for m in results if not m.failure]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     lat = [m.values.get(latency_key, 0.0) for m in results]
     scale = 300 / max(max(lat), 1e-9)
@@ -83,16 +101,16 @@ def pareto_plot(results: list[ModelResult], decision: Decision, path: str | Path
         color = "tab:green" if verdict.passed else "tab:red"
         if m.name == decision.selected:
             color = "tab:blue"
-        ax.scatter(v["size_bytes"] / 1000, v["onnx_test_accuracy"] * 100,
+        ax.scatter(v["size_bytes"] / 1000, v[key] * 100,
                    s=20 + v.get(latency_key, 0.0) * scale, c=color, alpha=0.7,
                    edgecolors="k" if verdict.on_frontier else "none")
-        ax.annotate(m.name, (v["size_bytes"] / 1000, v["onnx_test_accuracy"] * 100),
+        ax.annotate(m.name, (v["size_bytes"] / 1000, v[key] * 100),
                     fontsize=7, xytext=(4, 3), textcoords="offset points")
     front = sorted((m for m in results if decision.verdicts[m.name].on_frontier),
                    key=lambda m: m.values["size_bytes"])
     if front:
         ax.plot([m.values["size_bytes"] / 1000 for m in front],
-                [m.values["onnx_test_accuracy"] * 100 for m in front], "k--", lw=0.8,
+                [m.values[key] * 100 for m in front], "k--", lw=0.8,
                 label="Pareto frontier (passing)")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
@@ -106,19 +124,16 @@ def pareto_plot(results: list[ModelResult], decision: Decision, path: str | Path
     plt.close(fig)
 
 
-def write_report(results: list[ModelResult], decision: Decision, out_dir: str | Path, stem: str,
-                 title: str, promotion: str | None = None, machine: str = ""
+def write_report(decisions: dict[str, tuple[list[ModelResult], Decision]], out_dir: str | Path,
+                 stem: str, title: str, moves: dict[str, str] | None = None, machine: str = ""
                  ) -> tuple[Path, Path]:
+    """reports/<stem>.md (every target) and reports/<stem>.png (the default target's plot)."""
     out = Path(out_dir)
     md, png = out / f"{stem}.md", out / f"{stem}.png"
-    text = markdown(results, decision, title, promotion, machine)
+    text = markdown(decisions, title, moves, machine)
     text += f"\n![Pareto plot]({png.name})\n"
     with atomic_path(md) as tmp:
         tmp.write_text(text)
+    results, decision = next(iter(decisions.values()))
     pareto_plot(results, decision, png)
     return md, png
-
-
-def write_plot_data(results: list[ModelResult], decision: Decision, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(pareto_points(results, decision), indent=1) + "\n")

@@ -65,16 +65,57 @@ def stage_steps(plan: Plan, ws: Workspace, stage: str, variant: str | None
         own = mp.chain[len(parent.chain):]
         return own or [mp.checkpoint], known, [f"models/{variant}.pt"]
     known.update(_published_checkpoints(plan, ws, names))
+    targets = plan.params.target_names
     if stage == "convert":
-        return [plan.models[n].exports[TARGET] for n in names], known, \
-            [f"onnx/{n}.onnx" for n in names]
+        return [plan.models[n].exports[t] for n in names for t in targets], known, \
+            [p for p in plan.outputs if p.startswith(("onnx/", "exports/"))]
     if stage == "validate":
+        manifest = _manifest(ws)
         for n in names:
             sid = plan.models[n].exports[TARGET]
             known[sid] = _external(sid, plan.step(sid).kind, onnx_record(ws.onnx(n), n))
-        return [*(plan.models[n].validation[TARGET] for n in names), plan.latency[TARGET]], \
-            known, []
+            for t in targets[1:]:
+                sid = plan.models[n].exports[t]
+                known[sid] = _external(sid, "convert", _export_record(ws, plan, n, t, manifest))
+        return [*(plan.models[n].validation[t] for n in names for t in targets),
+                *plan.latency.values()], known, []
     raise ShrinkflowError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+
+
+def _manifest(ws: Workspace) -> dict:
+    import json
+
+    from shrinkflow.plan.executor import MANIFEST
+
+    path = ws.root / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _export_record(ws: Workspace, plan: Plan, name: str, target: str, manifest: dict):
+    """A published target artifact's record (its sidecar says how it was made), or the
+    failure the manifest records for it."""
+    import json
+
+    from shrinkflow.core.files import path_sha256
+    from shrinkflow.core.records import ExportArtifact
+    from shrinkflow.targets.base import SIDECAR
+
+    rel = f"exports/{target}/{name}"
+    entry = manifest.get(rel, {})
+    if entry.get("format") == "failed":
+        return ExportArtifact(path="", sha256="", name=name, target=target, format="failed",
+                              source_sha256="", exporter=target, config_hash="",
+                              failure=entry.get("failure", ""))
+    path = ws.root / rel
+    if not (path / SIDECAR).is_file():
+        raise ShrinkflowError(f"{path}: no published {target} artifact; run the convert stage "
+                              "first (dvc repro convert)")
+    meta = json.loads((path / SIDECAR).read_text())
+    return ExportArtifact(path=str(path), sha256=path_sha256(path), name=name, target=target,
+                          format=meta["format"], source_sha256=meta.get("source_sha256", ""),
+                          exporter=target, config_hash="",
+                          quantization=meta.get("quantization", "none"),
+                          calibration_fingerprint=meta.get("calibration_fingerprint", ""))
 
 
 def run_stage(ws: Workspace, stage: str, variant: str | None = None) -> list[str]:
@@ -88,10 +129,9 @@ def run_stage(ws: Workspace, stage: str, variant: str | None = None) -> list[str
         records = execute(plan, ws, wanted, known=known)
         written = publish(plan, records, ws, outputs) if outputs else []
         if stage == "validate":
-            results, decision = record.model_results(plan, records), record.decide_run(plan, records)
-            written += [ws.relative(p) for p in
-                        record.write_metrics(ws, plan, records, results, decision)]
-            teacher = decision.verdicts["teacher"]
+            decisions = record.decide_all(plan, records)
+            written += [ws.relative(p) for p in record.write_metrics(ws, plan, records, decisions)]
+            teacher = decisions[TARGET][1].verdicts["teacher"]
             if not teacher.passed:
                 raise GateFailure([f"teacher: {r}" for r in teacher.reasons])
     return written

@@ -10,6 +10,7 @@ store atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 
 from shrinkflow.core import env, machine
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.files import copy_atomic, file_sha256, path_sha256
+from shrinkflow.core.files import copy_atomic, file_sha256, path_sha256, write_text_atomic
 from shrinkflow.core.workspace import Workspace
 from shrinkflow.plan.plan import Plan, PlanStep
 from shrinkflow.plan.store import StepRecord, Store
@@ -195,27 +196,46 @@ def missing(plan: Plan, records: dict[str, StepRecord], wanted: list[str] | None
     return [s.id for s in todo if s.id not in records]
 
 
+MANIFEST = "exports/manifest.json"
+
+
 def publish(plan: Plan, records: dict[str, StepRecord], ws: Workspace,
             paths: Iterable[str] | None = None) -> list[str]:
-    """Copy step outputs to the workspace paths dvc.yaml declares (only where the file
-    there differs); returns the paths written."""
+    """Copy step outputs to the workspace paths dvc.yaml declares (only where what is
+    there differs), and list the target artifacts in ``exports/manifest.json``; returns
+    the paths written. A target's failed conversion has nothing to publish."""
     written = []
-    for rel in paths or plan.outputs:
+    wanted = list(paths or plan.outputs)
+    for rel in wanted:
         rec = records.get(plan.outputs[rel])
         if rec is None:
             raise ShrinkflowError(f"publish {rel}: step {plan.outputs[rel]} has no result")
+        if not rec.record.get("path"):
+            continue
         src = Path(rec.record["path"])
         dest = ws.root / rel
         if dest.exists() and path_sha256(dest) == rec.sha256:
             continue
         copy_atomic(src, dest)
         written.append(rel)
+    if any(rel.startswith(("onnx/", "exports/")) for rel in wanted):
+        manifest = {rel: {"step": sid, "sha256": records[sid].sha256,
+                          "format": records[sid].record.get("format", ""),
+                          "failure": records[sid].record.get("failure", "")}
+                    for rel, sid in sorted(plan.outputs.items())
+                    if rel.startswith("exports/") and sid in records}
+        text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+        path = ws.root / MANIFEST
+        if not path.is_file() or path.read_text() != text:
+            write_text_atomic(path, text)
+            written.append(MANIFEST)
     return written
 
 
 def stale_outputs(plan: Plan, ws: Workspace) -> list[Path]:
-    """Published files of models no longer in the plan."""
-    found = [*ws.root.glob("models/*.pt"), *ws.root.glob("onnx/*.onnx")]
+    """Published files (and target artifact directories) of models no longer in the plan."""
+    found = [*ws.root.glob("models/*.pt"), *ws.root.glob("onnx/*.onnx"),
+             *ws.root.glob("exports/*/*")]
     return [p for p in found if ws.relative(p) not in plan.outputs]
 
 
@@ -223,6 +243,8 @@ def published_intact(plan: Plan, records: dict[str, StepRecord], ws: Workspace) 
     """Every published path holds exactly its step's output."""
     for rel, sid in plan.outputs.items():
         rec, dest = records.get(sid), ws.root / rel
+        if rec is not None and not rec.record.get("path"):
+            continue  # a failed conversion publishes nothing
         if rec is None or not dest.exists():
             return False
         if (file_sha256(dest) if dest.is_file() else path_sha256(dest)) != rec.sha256:

@@ -32,6 +32,8 @@ from shrinkflow.steps.convert import ConvertParams
 from shrinkflow.steps.quantize import QuantizeStep
 from shrinkflow.steps.train import TrainParams
 from shrinkflow.steps.validate import ValidateParams
+from shrinkflow.targets import base as targets
+from shrinkflow.targets.onnxruntime import OnnxRuntimeParams
 
 
 def _variant_step_configs() -> tuple[type[Section], ...]:
@@ -40,6 +42,7 @@ def _variant_step_configs() -> tuple[type[Section], ...]:
 
 
 VARIANT_STEPS = _variant_step_configs()
+TargetSpec = Annotated[Union[targets.param_classes()], Field(discriminator="runtime")]  # noqa: UP007
 STEP_KINDS = tuple(c.model_fields["kind"].default for c in VARIANT_STEPS)
 Step = Annotated[Union[VARIANT_STEPS], Field(discriminator="kind")]  # noqa: UP007
 VARIANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -121,6 +124,9 @@ class Params(Section):
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     train: TrainParams = Field(default_factory=TrainParams)
     variants: dict[str, Variant] = Field(default_factory=dict)
+    # Deployment targets; ONNX Runtime is always one (its ONNX file is every model's
+    # reference artifact). A name alone means the target's defaults.
+    targets: list[TargetSpec] = Field(default_factory=lambda: [OnnxRuntimeParams()])
     convert: ConvertParams = Field(default_factory=ConvertParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     gates: GatesParams = Field(default_factory=GatesParams)
@@ -131,6 +137,31 @@ class Params(Section):
 
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"shrinkflow-{self.prepare.dataset}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _targets_by_name(cls, raw: Any) -> Any:
+        """``targets: [onnxruntime, openvino]`` means each target's defaults; ONNX Runtime
+        is added first when missing."""
+        if not isinstance(raw, dict) or "targets" not in raw:
+            return raw
+        items = raw["targets"]
+        if not isinstance(items, list):
+            return raw
+        items = [{"runtime": t} if isinstance(t, str) else t for t in items]
+        if not any(isinstance(t, dict) and t.get("runtime") == "onnxruntime" for t in items):
+            items.insert(0, {"runtime": "onnxruntime"})
+        return {**raw, "targets": items}
+
+    @property
+    def target_names(self) -> list[str]:
+        return [t.runtime for t in self.targets]
+
+    def target(self, name: str):
+        return next(t for t in self.targets if t.runtime == name)
+
+    def target_threads(self, name: str) -> int:
+        return self.target(name).threads or self.validate_.threads
 
     @model_validator(mode="after")
     def _variant_graph(self) -> Params:
@@ -146,6 +177,9 @@ class Params(Section):
                 raise ValueError(f"variants.{name}.from: {parent!r} ends in an ONNX Runtime "
                                  "quantize step; nothing can be derived from it")
         self.variant_order()  # raises on cycles
+        names = self.target_names
+        if len(names) != len(set(names)):
+            raise ValueError(f"targets: each runtime at most once (got {', '.join(names)})")
         if self.validate_.max_rounds < self.validate_.rounds:
             raise ValueError("validate.max_rounds: must be >= validate.rounds")
         return self

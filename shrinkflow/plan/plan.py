@@ -25,8 +25,9 @@ from shrinkflow.steps import base as steps
 from shrinkflow.steps.convert import ConvertStep
 from shrinkflow.steps.quantize import QuantizeStep, resolve_weight_bits
 from shrinkflow.steps.validate import LatencyStep, ValidateStep
+from shrinkflow.targets import base as targets
 
-TARGET = "onnxruntime"
+TARGET = "onnxruntime"  # the default target: its ONNX file is every model's reference
 
 
 class PlanStep(BaseModel):
@@ -98,14 +99,19 @@ class Plan(BaseModel):
         return [s for s in self.steps if s.stage == stage]
 
 
-def step_code(kind: str) -> str:
-    """Hash of the code a step kind runs (its module's import closure)."""
-    return code_hash((steps.kind(kind).module,))
+def step_code(kind: str, target: str | None = None) -> str:
+    """Hash of the code a step kind runs: its module's import closure, and the target's
+    module for steps that convert, validate or time on a target (loaded by name)."""
+    modules = [steps.kind(kind).module]
+    if target:
+        modules.append(f"shrinkflow.targets.{target}")
+    return code_hash(tuple(modules))
 
 
 def _config_key(kind: str, config: Section, extra: dict[str, Any]) -> str:
+    target = getattr(config, "target", None)
     return stable_hash({"kind": kind, "config": config.model_dump(mode="json"),
-                        "code": step_code(kind), **extra})
+                        "code": step_code(kind, target), **extra})
 
 
 class _Builder:
@@ -178,26 +184,63 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
                             "convert")
         exports[name] = step_id
         outputs[f"onnx/{name}.onnx"] = step_id
+    other_exports: dict[str, dict[str, str]] = {}
+    for spec in params.targets[1:]:
+        target = targets.get(spec.runtime)
+        options = spec.model_dump(mode="json", exclude={"runtime", "threads"})
+        per_model = other_exports.setdefault(spec.runtime, {})
+        for name in params.model_names:
+            config = ConvertStep(**convert.model_dump(), target=spec.runtime,
+                                 int8=quantized[name], options=options,
+                                 calibration_size=_calibration_size(params, name))
+            inputs = {"data": data, "model": checkpoints[name]}
+            if target.source == "onnx":
+                inputs["export"] = exports[name]
+            per_model[name] = b.add(f"{name}:convert@{spec.runtime}", "convert", name, config,
+                                    inputs, "convert")
+            outputs[f"exports/{spec.runtime}/{name}"] = per_model[name]
     v = params.validate_
-    validate_ids = {}
+    validate_ids: dict[str, dict[str, str]] = {n: {} for n in params.model_names}
+    latency_ids: dict[str, str] = {}
+    pairs = [(n, params.variants[n].from_) for n in params.variant_order()]
+    for spec in params.targets:
+        t = spec.runtime
+        threads = params.target_threads(t)
+        target_exports = exports if t == TARGET else other_exports[t]
+        suffix = "" if t == TARGET else f"@{t}"
+        for name in params.model_names:
+            validate_ids[name][t] = b.add(
+                f"{name}:validate{suffix}", "validate", name,
+                ValidateStep(target=t, threads=threads),
+                {"data": data, "model": checkpoints[name], "export": target_exports[name]},
+                "validate")
+        latency_cfg = LatencyStep(
+            target=t, threads=threads, warmup=v.warmup, repeats_b1=v.repeats_b1,
+            repeats_b256=v.repeats_b256, rounds=v.rounds, max_rounds=v.max_rounds,
+            confidence=v.confidence, resolution=v.resolution, pairs=pairs,
+            threshold=params.gates.min_speedup_vs_parent, gate_batch=params.gates.latency_batch,
+            machine=fingerprint["id"])
+        latency_ids[t] = b.add(f"latency:{t}", "latency", t, latency_cfg,
+                               {"data": data,
+                                "exports": [target_exports[n] for n in params.model_names]},
+                               "validate")
     for name in params.model_names:
-        validate_ids[name] = b.add(f"{name}:validate", "validate", name,
-                                   ValidateStep(target=TARGET, threads=v.threads),
-                                   {"data": data, "model": checkpoints[name],
-                                    "export": exports[name]}, "validate")
-    latency_cfg = LatencyStep(
-        target=TARGET, threads=v.threads, warmup=v.warmup, repeats_b1=v.repeats_b1,
-        repeats_b256=v.repeats_b256, rounds=v.rounds, max_rounds=v.max_rounds,
-        confidence=v.confidence, resolution=v.resolution,
-        pairs=[(n, params.variants[n].from_) for n in params.variant_order()],
-        threshold=params.gates.min_speedup_vs_parent, gate_batch=params.gates.latency_batch,
-        machine=fingerprint["id"])
-    latency = b.add(f"latency:{TARGET}", "latency", TARGET, latency_cfg,
-                    {"data": data, "exports": [exports[n] for n in params.model_names]},
-                    "validate")
-    for name in params.model_names:
-        models[name] = ModelPlan(name=name, parent=params.parent_of(name), chain=chains[name],
-                                 checkpoint=checkpoints[name], exports={TARGET: exports[name]},
-                                 validation={TARGET: validate_ids[name]}, quantized=quantized[name])
-    return Plan(params=params, steps=b.steps, models=models, latency={TARGET: latency},
+        models[name] = ModelPlan(
+            name=name, parent=params.parent_of(name), chain=chains[name],
+            checkpoint=checkpoints[name],
+            exports={TARGET: exports[name],
+                     **{t: e[name] for t, e in other_exports.items()}},
+            validation=validate_ids[name], quantized=quantized[name])
+    return Plan(params=params, steps=b.steps, models=models, latency=latency_ids,
                 outputs=outputs, machine=fingerprint)
+
+
+def _calibration_size(params: Params, name: str) -> int:
+    """The calibration subset of a variant's own int8 step (else the default)."""
+    variant = params.variants.get(name)
+    while variant is not None:
+        for s in reversed(variant.steps):
+            if isinstance(s, QuantizeStep):
+                return s.calibration_size
+        variant = params.variants.get(variant.from_)
+    return QuantizeStep().calibration_size

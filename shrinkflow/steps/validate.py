@@ -39,6 +39,7 @@ from shrinkflow.models.preprocess import Deployed
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import predict_logits
 from shrinkflow.targets import base as targets
+from shrinkflow.targets.base import SIDECAR
 
 log = logging.getLogger("shrinkflow")
 
@@ -102,9 +103,10 @@ class LatencyStep(Section):
 
 def size_stats(path: str | Path) -> dict[str, float]:
     """Bytes on disk and gzip-compressed bytes (zeros from pruning only show in the
-    latter); for a directory artifact, over all its files."""
+    latter); for a directory artifact, over its model files."""
     p = Path(path)
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    files = sorted(q for q in p.rglob("*") if q.is_file() and q.name != SIDECAR) \
+        if p.is_dir() else [p]
     data = b"".join(f.read_bytes() for f in files)
     return {"size_bytes": float(len(data)),
             "size_gzip_bytes": float(len(gzip.compress(data, compresslevel=9, mtime=0)))}
@@ -130,6 +132,9 @@ def run(config: ValidateStep, ctx: Context, data: DataArtifact, model: ModelArti
     """Accuracy in torch and on the runtime, parity, size, parameters and MACs of one model."""
     import torch
 
+    if export.format == "failed":
+        return Metrics(name=ctx.model, values={}, target=config.target,
+                       gate_failures=(export.failure,))
     torch.set_num_threads(ctx.threads)
     x, y, _ = raw_test_split(data.path)
     net, ckpt = load_checkpoint(model.path)
@@ -203,7 +208,8 @@ def run_latency(config: LatencyStep, ctx: Context, data: DataArtifact,
     """Time every model of a target side by side, interleaved in rounds."""
     x, _, _ = raw_test_split(data.path)
     impl = targets.get(config.target)
-    runners = {e.name: impl.load(e.path, config.threads) for e in exports}
+    runners = {e.name: impl.load(e.path, config.threads) for e in exports
+               if e.format != "failed"}
     repeats = {1: config.repeats_b1, 256: config.repeats_b256}
     samples = {n: {str(b): [] for b in BATCHES} for n in runners}
     start = time.perf_counter()

@@ -8,26 +8,34 @@ import contextlib
 import io
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.files import atomic_path
-from shrinkflow.targets.base import Runner, Target
+from shrinkflow.targets.base import Runner, Target, TargetParams, model_file
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
+class OnnxRuntimeParams(TargetParams):
+    """ONNX Runtime, CPU execution provider (the default target)."""
+
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+
+
 class OnnxRuntime(Target):
     name: ClassVar[str] = "onnxruntime"
+    params: ClassVar[type[TargetParams]] = OnnxRuntimeParams
     modules: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnx")
+    format: ClassVar[str] = "onnx"
 
     @classmethod
     def load(cls, path: str, threads: int) -> Runner:
-        session = ort_session(path, threads)
+        session = ort_session(model_file(path, ".onnx"), threads)
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})[0]
 

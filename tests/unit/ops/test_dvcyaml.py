@@ -60,7 +60,7 @@ def test_outs_are_the_workspace_paths():
     rel = lambda p: str(p.relative_to(REPO))  # noqa: E731
     assert DVC["prepare"]["outs"] == [rel(ws.data_dir)]
     assert DVC["train"]["outs"] == [rel(ws.checkpoint("teacher"))]
-    assert DVC["convert"]["outs"] == [rel(ws.onnx("teacher").parent)]
+    assert DVC["convert"]["outs"] == [rel(ws.onnx("teacher").parent), "exports"]
     assert list(DVC["validate"]["metrics"][0]) == [rel(ws.validate_metrics)]
     assert DVC["compress"]["foreach"] == "${variants}"
     assert "models/${item.from}.pt" in DVC["compress"]["do"]["deps"]
