@@ -20,6 +20,7 @@ TARGETS = "[onnxruntime, openvino, {runtime: litert, batch_sizes: [1, 256]}]"
 @pytest.fixture(scope="module")
 def run(prefect_harness, tmp_path_factory):
     from shrinkflow.flows.pipeline import run_pipeline
+
     from tests.conftest import make_workspace
 
     root = tmp_path_factory.mktemp("targets")
