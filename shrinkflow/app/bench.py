@@ -28,7 +28,7 @@ TEACHER = "teacher: ORT fp32"
 @dataclass
 class Entry:
     name: str
-    kind: str  # torch | onnx
+    kind: str  # torch | onnx | openvino | litert (the runtime that runs it)
     path: str | None = None
     model: object | None = None  # torch module (raw inputs) for kind == torch
     reference: np.ndarray | None = None  # logits of its own torch model, for parity
@@ -52,19 +52,19 @@ def measure(entries: list[Entry], x: np.ndarray, y: np.ndarray, rounds: int = 3,
     import torch
 
     from shrinkflow.steps.validate import latency_values, measure_rounds, parity, size_stats
+    from shrinkflow.targets import base as targets
     from shrinkflow.targets.base import batched
-    from shrinkflow.targets.onnxruntime import OnnxRuntime
+    from shrinkflow.targets.onnxruntime import graph_cost
 
     torch.set_num_threads(1)
     runners = {}
     for e in entries:
         runners[e.name] = _torch_runner(e.model) if e.kind == "torch" else \
-            OnnxRuntime.load(e.path, 1)
+            targets.get(e.kind).load(e.path, 1)
         logits = batched(runners[e.name], x)
         if e.kind != "torch":
             e.values.update(size_stats(e.path))
-            from shrinkflow.targets.onnxruntime import graph_cost
-
+        if e.kind == "onnxruntime":
             e.values.update(graph_cost(e.path))
         e.values["accuracy"] = float((logits.argmax(1) == y).mean())
         if e.reference is not None:
@@ -77,9 +77,9 @@ def measure(entries: list[Entry], x: np.ndarray, y: np.ndarray, rounds: int = 3,
     return samples
 
 
-def add_ratios(entries: list[Entry]) -> None:
+def add_ratios(entries: list[Entry], teacher_name: str = "", peer_name: str = "") -> None:
     by = {e.name: e.values for e in entries}
-    teacher, peer = by[TEACHER], by[PEER]
+    teacher, peer = by[teacher_name or TEACHER], by[peer_name or PEER]
     for v in by.values():
         v["drop_pp"] = (teacher["accuracy"] - v["accuracy"]) * 100
         if "size_bytes" in v:
@@ -96,6 +96,7 @@ COLUMNS = [
     ("× faster than peer b1", "speedup_vs_peer_b1"),
     ("× faster than peer b256", "speedup_vs_peer_b256"),
     ("top-1 agree %", "parity_top1_agreement"), ("max abs diff", "parity_max_abs_diff"),
+    ("weight bits", "weight_bits"),
 ]
 
 
@@ -113,13 +114,15 @@ def _cell(key: str | None, v: dict[str, float], name: str) -> str:
         return f"{x:+.2f}"
     if key == "parity_max_abs_diff":
         return f"{x:.1e}"
+    if key == "weight_bits":
+        return f"{int(x)}" if x else "-"
     return f"{x:.3f}" if key.startswith("latency") else f"{x:.2f}"
 
 
 def targets(entries: list[Entry], min_size_ratio: float = 50, min_speedup: float = 4,
             max_drop: float = 1.0, min_acc: float = 0.925) -> list[str]:
-    """The issue's targets, checked on the measured table."""
-    variants = [e for e in entries if e.name not in (TORCH, TEACHER, PEER, PEER_DYNAMIC)]
+    """The benchmark's targets, checked on the measured table."""
+    variants = [e for e in entries if not e.name.startswith(("teacher:", "peer:"))]
     lines = []
     ok = [e for e in variants if e.values["drop_pp"] <= max_drop
           and e.values.get("size_ratio", 0) >= min_size_ratio
@@ -150,76 +153,125 @@ def targets(entries: list[Entry], min_size_ratio: float = 50, min_speedup: float
     return lines
 
 
-def write_tables(entries: list[Entry], out_dir: str | Path, title: str,
-                 notes: list[str]) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md, csv_path = out / "benchmark.md", out / "benchmark.csv"
+def table(entries: list[Entry]) -> list[str]:
     header = "| " + " | ".join(c for c, _ in COLUMNS) + " |"
     rows = [header, "|" + "---|" * len(COLUMNS)]
     for e in entries:
         rows.append("| " + " | ".join(_cell(k, e.values, e.name) for _, k in COLUMNS) + " |")
-    text = "\n".join([f"# {title}", "", *rows, "", *notes, ""])
+    return rows
+
+
+def write_tables(sections: dict[str, list[Entry]], out_dir: str | Path, title: str,
+                 notes: list[str]) -> tuple[Path, Path]:
+    """benchmark.md (one table per target, each side by side within itself) and
+    benchmark.csv (every row, with its target)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out / "benchmark.md", out / "benchmark.csv"
+    lines = [f"# {title}", ""]
+    for target, entries in sections.items():
+        lines += [f"## {target}", "", *table(entries), "", "Targets:", *targets(entries), ""]
     with atomic_path(md) as tmp:
-        tmp.write_text(text)
+        tmp.write_text("\n".join([*lines, *notes, ""]))
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-        keys = sorted({k for e in entries for k in e.values})
+        keys = sorted({k for es in sections.values() for e in es for k in e.values})
         w = csv.writer(f)
-        w.writerow(["model", *keys])
-        for e in entries:
-            w.writerow([e.name, *(e.values.get(k, "") for k in keys)])
+        w.writerow(["target", "model", *keys])
+        for target, entries in sections.items():
+            for e in entries:
+                w.writerow([target, e.name, *(e.values.get(k, "") for k in keys)])
     return md, csv_path
 
 
+def _peer(target: str, ws, teacher, teacher_onnx: Path, calib: np.ndarray, shape, out: Path
+          ) -> Path:
+    """The runtime's own default int8 of the teacher (what a user of that runtime alone
+    would get): ONNX Runtime's quantize_static defaults, OpenVINO's NNCF defaults,
+    litert-torch's default (per-tensor) PT2E static quantization."""
+    if target == "onnxruntime":
+        from shrinkflow.targets.onnxruntime import quantize_onnx
+
+        quantize_onnx(teacher_onnx, out / "model.onnx", "static", calib, defaults=True)
+        return out / "model.onnx"
+    if target == "openvino":
+        from shrinkflow.targets.openvino import nncf_default_int8
+
+        return nncf_default_int8(teacher_onnx, out, calib)
+    from shrinkflow.targets.litert import default_int8
+
+    return default_int8(teacher, shape, out, calib)
+
+
 def benchmark(params, ws, out_dir: str | Path, rounds: int = 3) -> tuple[Path, list[str]]:
-    """Measure the pipeline's outputs in workspace ``ws`` side by side with the torch
-    teacher and the peer baselines; write ``benchmark.md`` and ``benchmark.csv``."""
+    """Measure the pipeline's outputs in workspace ``ws`` side by side, one table per
+    target: the torch fp32 teacher, the teacher on the runtime, the runtime's own default
+    int8 of the teacher (the peer), and every variant; writes benchmark.md and .csv."""
     from shrinkflow.data.prepare import load_raw, raw_test_split
     from shrinkflow.models.checkpoint import load_checkpoint
     from shrinkflow.models.preprocess import Deployed
+    from shrinkflow.plan.executor import resolve_cached
+    from shrinkflow.plan.plan import build_plan
+    from shrinkflow.plan.store import Store
     from shrinkflow.steps.fit import predict_logits
     from shrinkflow.steps.quantize import calibration_subset
-    from shrinkflow.targets.onnxruntime import quantize_onnx
 
+    plan = build_plan(params, ws.root)
+    records = resolve_cached(plan, Store(ws.store_dir), plan.steps)
     x, y, _ = raw_test_split(ws.data_dir)
     arrays, _ = load_raw(ws.data_dir)
     net, ckpt = load_checkpoint(ws.checkpoint("teacher"))
     teacher = Deployed(net, ckpt["norm"]).eval()
     teacher_ref = predict_logits(teacher, x)
     calib, _ = calibration_subset(arrays["x_val"], arrays["y_val"], 512)
-    peer_dir = ws.state_dir / "peer"
-    quantize_onnx(ws.onnx("teacher"), peer_dir / "static.onnx", "static", calib, defaults=True)
-    quantize_onnx(ws.onnx("teacher"), peer_dir / "dynamic.onnx", "dynamic", defaults=True)
-    entries = [
-        Entry(TORCH, "torch", model=teacher, reference=teacher_ref),
-        Entry(TEACHER, "onnx", str(ws.onnx("teacher")), reference=teacher_ref),
-        Entry(PEER, "onnx", str(peer_dir / "static.onnx"), reference=teacher_ref),
-        Entry(PEER_DYNAMIC, "onnx", str(peer_dir / "dynamic.onnx"), reference=teacher_ref),
-    ]
+    refs = {}
     for name in params.variant_order():
         m, c = load_checkpoint(ws.checkpoint(name))
-        entries.append(Entry(name, "onnx", str(ws.onnx(name)),
-                             reference=predict_logits(Deployed(m, c["norm"]), x)))
+        refs[name] = predict_logits(Deployed(m, c["norm"]), x)
+    sections: dict[str, list[Entry]] = {}
     start = time.perf_counter()
-    measure(entries, x, y, rounds=rounds)
-    add_ratios(entries)
+    for target in params.target_names:
+        peer_dir = ws.state_dir / "peer" / target
+        peer = _peer(target, ws, teacher, ws.onnx("teacher"), calib, tuple(ckpt["input_shape"]),
+                     peer_dir)
+        label = {"onnxruntime": "ORT", "openvino": "OpenVINO", "litert": "LiteRT"}[target]
+        teacher_path = records[plan.models["teacher"].exports[target]].record["path"]
+        entries = [Entry(TORCH, "torch", model=teacher, reference=teacher_ref),
+                   Entry(f"teacher: {label} fp32", target, teacher_path, reference=teacher_ref),
+                   Entry(f"peer: {label} int8 (defaults)", target, str(peer),
+                         reference=teacher_ref)]
+        if target == "onnxruntime":
+            from shrinkflow.targets.onnxruntime import quantize_onnx
+
+            quantize_onnx(ws.onnx("teacher"), peer_dir / "dynamic.onnx", "dynamic",
+                          defaults=True)
+            entries.append(Entry(PEER_DYNAMIC, target, str(peer_dir / "dynamic.onnx"),
+                                 reference=teacher_ref))
+        for name in params.variant_order():
+            rec = records.get(plan.models[name].exports[target])
+            if rec is None or not rec.record.get("path"):
+                continue  # not converted for this target (its failure is in the run report)
+            e = Entry(name, target, rec.record["path"], reference=refs[name])
+            e.values["weight_bits"] = float(rec.record.get("weight_bits", 0))
+            entries.append(e)
+        measure(entries, x, y, rounds=rounds)
+        add_ratios(entries, entries[1].name, entries[2].name)
+        sections[target] = entries
     n_params = sum(p.numel() for p in net.parameters())
-    t = entries[1].values
+    t = sections["onnxruntime"][1].values
     where = machine.describe(machine.fingerprint({"threads": 1}))
     notes = [
-        f"Data: {ckpt.get('data_fingerprint', '')[:12]} ({len(y)} test examples). "
-        f"Teacher: {n_params:,} parameters, {t['accuracy'] * 100:.2f} % (ORT), "
-        f"{t['size_bytes'] / 1000:.1f} KB fp32 ONNX.",
+        f"Data: {len(y)} test examples. Teacher: {n_params:,} parameters, "
+        f"{t['accuracy'] * 100:.2f} % (ORT), {t['size_bytes'] / 1000:.1f} KB fp32 ONNX.",
         f"Machine: {where}.",
-        "Latency: p50 of one ONNX Runtime (or torch) call, 1 intra-op thread, pooled over "
-        f"{rounds} interleaved rounds. '× smaller' is against the teacher's fp32 ONNX file; "
-        "'× faster than peer' against ONNX Runtime static int8 of the teacher with "
-        "onnxruntime.quantization's default settings.",
-        "Sizes: 'size' is the ONNX file on disk (what is loaded and deployed); 'gzip' shows "
-        "what unstructured pruning buys, since its zeros are stored but compress.",
-        "", "Targets:", *targets(entries),
+        "Latency: p50 of one runtime (or torch) call, 1 intra-op thread, pooled over "
+        f"{rounds} interleaved rounds within each target's table. '× smaller' is against the "
+        "teacher's fp32 artifact on that runtime; '× faster than peer' against that runtime's "
+        "own default int8 of the teacher (ONNX Runtime quantize_static defaults, OpenVINO "
+        "NNCF defaults, litert-torch per-tensor PT2E).",
+        "Sizes: the artifact on disk (what is loaded and deployed); 'gzip' shows what "
+        "unstructured pruning buys, since its zeros are stored but compress.",
         "", f"Measured in {time.perf_counter() - start:.0f} s.",
     ]
     title = f"shrinkflow benchmark: {params.prepare.dataset} ({machine.cpu()['isa_kind']})"
-    md, _ = write_tables(entries, out_dir, title, notes)
+    md, _ = write_tables(sections, out_dir, title, notes)
     return md, notes

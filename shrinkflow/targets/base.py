@@ -59,11 +59,16 @@ class Target:
 
     @classmethod
     def check_available(cls) -> None:
-        """Raise one line naming the extra when the runtime's packages are missing."""
+        """Raise one line naming the extra when the runtime's packages are missing (found,
+        not imported: some take seconds to import)."""
+        import importlib.util
+
         for module in cls.modules:
             try:
-                importlib.import_module(module)
-            except ImportError:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
                 extra = f"pip install 'shrinkflow[{cls.extra}]'" if cls.extra else "reinstall"
                 raise ShrinkflowError(f"target {cls.name}: package {module!r} is not installed; "
                                       f"{extra} (make setup installs every extra)") from None

@@ -10,6 +10,7 @@ calibrated on raw inputs; its int8 output is dequantized by the runner.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -33,14 +34,40 @@ class LiteRtParams(TargetParams):
     batch_sizes: list[Int] = Field(default_factory=lambda: [1, 16, 256], min_length=1)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """The converter's progress lines, JAX lowering notes and C++ logs stay off the
+    console (they are not errors: a failure raises)."""
+    import io
+    import logging
+    import warnings
+
+    for key, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GLOG_minloglevel", "3"),
+                       ("LITERT_TORCH_SHOW_PROGRESS", "n")):
+        os.environ.setdefault(key, value)
+    loggers = [logging.getLogger(n) for n in ("litert_torch", "jax", "absl", "torchao", "")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers[:-1]:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _signatures(module, input_shape: tuple[int, ...], batch_sizes, **kwargs):
-    import litert_torch
     import torch
 
-    converter = litert_torch.Converter()
-    for b in sorted(set(batch_sizes)):
-        converter.signature(f"b{b}", module, (torch.zeros((b, *input_shape)),))
-    return converter.convert(**kwargs)
+    with _quiet():
+        import litert_torch
+
+        converter = litert_torch.Converter()
+        for b in sorted(set(batch_sizes)):
+            converter.signature(f"b{b}", module, (torch.zeros((b, *input_shape)),))
+        return converter.convert(**kwargs)
 
 
 def _standard_tensor(a: np.ndarray):
@@ -54,7 +81,8 @@ def _standard_tensor(a: np.ndarray):
     return out
 
 
-def _int8(module, input_shape, batch_sizes, calibration: np.ndarray, calib_batch: int = 32):
+def _int8(module, input_shape, batch_sizes, calibration: np.ndarray, calib_batch: int = 32,
+          per_channel: bool = True):
     import torch
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
@@ -62,7 +90,7 @@ def _int8(module, input_shape, batch_sizes, calibration: np.ndarray, calib_batch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel))
     example = torch.zeros((2, *input_shape))
     graph = torch.export.export(module, (example,),
                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module()
@@ -158,3 +186,13 @@ class _Signature:
             scale, zp = self.out["quantization"]
             return (y.astype(np.float32) - np.float32(zp)) * np.float32(scale)
         return np.array(y, dtype=np.float32, copy=True)
+
+
+def default_int8(module, input_shape: tuple[int, ...], out_dir: Path, calibration: np.ndarray,
+                 batch_sizes=(1, 256)) -> Path:
+    """litert-torch's default PT2E static int8 (per-tensor symmetric): the benchmark's peer."""
+    edge = _int8(module.eval(), tuple(input_shape), batch_sizes, calibration, per_channel=False)
+    out = Path(out_dir) / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TFLITE).write_bytes(edge.model_content())
+    return out

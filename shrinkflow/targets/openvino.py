@@ -123,3 +123,20 @@ def runs_int8(path: str | Path) -> bool:
                 info["runtimePrecision"].astype(str) in ("i8", "u8"):
             return True
     return False
+
+
+def nncf_default_int8(onnx_path: str | Path, out_dir: Path, calibration: np.ndarray) -> Path:
+    """OpenVINO's own post-training int8 with NNCF's defaults (the benchmark's peer)."""
+    disable_telemetry()
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    items = [np.ascontiguousarray(calibration[i:i + 1], dtype=np.float32)
+             for i in range(len(calibration))]
+    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items))
+    _canonical_names(quantized)
+    out = Path(out_dir) / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out / XML), compress_to_fp16=False)
+    return out
