@@ -52,7 +52,7 @@ def _row(label: str, flow_run, wall: float) -> dict:
         "changed": " ".join(result.changed) or "-",
         "recomputed": len(result.computed),
         "reused": len(result.reused),
-        "teacher_retrained": "train" in result.computed,
+        "teacher_retrained": "teacher:train" in result.computed,
         "recomputed_steps": " ".join(result.computed[:6]) + (" …" if len(result.computed) > 6 else ""),
     }
 
@@ -64,13 +64,13 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from shrinkflow.env import setup
+    from shrinkflow.core.env import setup
 
     setup()
     if QUANT_BEFORE not in (REPO / "params.yaml").read_text():
         raise SystemExit(f"params.yaml: no line '{QUANT_BEFORE}'; update QUANT_BEFORE in {__file__}")
 
-    from shrinkflow.localserver import prefect_server, serving
+    from shrinkflow.app.localserver import prefect_server, serving
 
     tmp = Path(tempfile.mkdtemp(prefix="shrinkflow-schedule-"))
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home")}

@@ -92,7 +92,10 @@ def verdict_runs(n: int, tmp: Path) -> dict:
     for label in ("idle", "busy"):
         hog = None
         if label == "busy":  # a busy loop pinned to core 0, all along
-            hog = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", "while True: pass"])
+            # It spins until this script's process is gone, even if the script is killed.
+            spin = (f"import os\nwhile os.getppid() == {os.getpid()}:\n"
+                    "    for _ in range(10**6): pass\n")
+            hog = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", spin])
         try:
             same, runs = 0, []
             for i in range(n):

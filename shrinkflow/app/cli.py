@@ -172,6 +172,10 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
         from shrinkflow.plan.store import Store
 
         Store(ws.store_dir).clean_scratch()  # what a killed run left half-written
+        moved = tracking.follow_moved_workspace(uri, ws.root, ws.state_dir)
+        if moved:
+            err_console.print(f"note: this workspace moved from {moved}; MLflow artifact "
+                              "locations in its store now point here")
         for run_id in tracking.mark_orphans(uri, config.base.experiment, str(ws.root)):
             err_console.print(f"note: run {run_id} was left RUNNING by a killed process; "
                               "marked KILLED")
@@ -251,6 +255,8 @@ def serve(cron: Annotated[str, typer.Option(help="cron schedule (UTC)")] = "0 3 
             from None
     ws = _workspace(workspace)
     _load(ws / params_file if (ws / params_file).is_file() else None, None, ws)
+    # A triggered run starts within a second, not at the runner's default 10 s poll.
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
     from shrinkflow.flows.retrain import retrain
 
     console.print(f"serving shrinkflow-retrain/{name} on '{cron}' for {ws}")
@@ -303,6 +309,9 @@ def _registry_target(params: Path | None, set_: list[str] | None, workspace: Pat
         raise ShrinkflowError(f"no MLflow store at {uri[len('sqlite:///'):]}: run the pipeline "
                               "in this workspace first (or pass --workspace)")
     check_reachable(uri)
+    from shrinkflow.ops.tracking import follow_moved_workspace
+
+    follow_moved_workspace(uri, ws, ws / ".shrinkflow")
     return config, uri, name or config.registered_model_name()
 
 

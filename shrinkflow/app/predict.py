@@ -26,18 +26,9 @@ def _registered(model_uri: str) -> tuple[str, str, str, str] | None:
         return None
     import mlflow
 
-    ref = model_uri[len("models:/"):]
-    c = client(mlflow.get_tracking_uri())
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            mv = c.get_model_version_by_alias(name, alias)
-        else:
-            name, version = ref.rsplit("/", 1)
-            mv = c.get_model_version(name, version)
-    except Exception:
-        raise ShrinkflowError(f"{model_uri}: no such registered version (see `shrinkflow "
-                              "models`)") from None
+    from shrinkflow.ops.registry import version_of
+
+    mv = version_of(client(mlflow.get_tracking_uri()), model_uri)
     return (mv.tags.get(f"{TAG}target", "onnxruntime"), mv.tags.get(f"{TAG}artifact_sha256", ""),
             mv.tags.get(f"{TAG}mlflow_sha256", ""), f"{mv.name} v{mv.version}")
 

@@ -27,17 +27,7 @@ def resolve(uri: str, target: str) -> tuple[dict[str, Any] | None, str]:
     """``models:/name@alias``, ``models:/name/version`` or a run id -> (version, run id)."""
     c = client(uri)
     if target.startswith("models:/"):
-        ref = target[len("models:/"):]
-        try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = c.get_model_version_by_alias(name, alias)
-            else:
-                name, version = ref.rsplit("/", 1)
-                mv = c.get_model_version(name, version)
-        except Exception:
-            raise ShrinkflowError(f"{target}: no such registered version at {uri} (see "
-                                  "`shrinkflow models`)") from None
+        mv = registry.version_of(c, target)
         rm = c.get_registered_model(mv.name)
         aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version))
         version = {"name": mv.name, "version": str(mv.version), "aliases": aliases,

@@ -10,7 +10,6 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from shrinkflow.audit.resolve import Report
-from shrinkflow.core.files import file_sha256
 from shrinkflow.data.prepare import fingerprint_of, read_meta
 from shrinkflow.ops import versioning
 from shrinkflow.ops.tracking import client
@@ -32,17 +31,19 @@ def _download(uri: str, artifact_uri: str, dst: Path) -> Path | None:
         return None
 
 
+def _stored_onnx(uri: str, m, dst: Path) -> Path | None:
+    """The ONNX file MLflow stores for a model: through its logged-model URI (which
+    follows a moved workspace), else the location recorded at logging time."""
+    if m.onnx.mlflow_uri:
+        local = _download(uri, m.onnx.mlflow_uri, dst)
+        if local is not None:
+            found = [local] if local.is_file() else sorted(local.rglob("model.onnx"))
+            return found[0] if found else None
+    return _download(uri, m.onnx.mlflow_location, dst) if m.onnx.mlflow_location else None
+
+
 def _check_hash(item: str, path: Path | None, expected: str, where: str) -> Check:
-    if path is None or not path.is_file():
-        return Check(item=item, status="MISSING", detail=f"not found in {where}")
-    got = file_sha256(path)
-    if got != expected:
-        return Check(item=item, status="MISMATCH",
-                     detail=f"sha256 {got[:16]}… != recorded {expected[:16]}… ({where})")
-    return Check(item=item, status="OK", detail=f"sha256 {got[:16]}… ({where})")
-
-
-def _check_tree(item: str, path: Path | None, expected: str, where: str) -> Check:
+    """A file's (or an artifact directory's) sha256 against the recorded one."""
     from shrinkflow.core.files import path_sha256
 
     if path is None or not path.exists():
@@ -93,8 +94,7 @@ def verify(report: Report, root: str | Path) -> list[Check]:
         tmp = Path(tmp)
         for i, r in enumerate(report.models):
             m, name = r.model, r.model.name
-            onnx_path = _download(uri, m.onnx.mlflow_location, tmp / f"o{i}") \
-                if m.onnx.mlflow_location else None
+            onnx_path = _stored_onnx(uri, m, tmp / f"o{i}")
             checks.append(_check_hash(f"{name}: ONNX model", onnx_path,
                                       m.onnx.mlflow_sha256 or m.onnx.sha256, "MLflow model store"))
             ckpt = _download(uri, f"runs:/{r.run_id}/{m.checkpoint.artifact}", tmp / f"c{i}")
@@ -104,7 +104,7 @@ def verify(report: Report, root: str | Path) -> list[Check]:
                 if e.target == "onnxruntime":
                     continue  # the ONNX model above
                 local = _download(uri, f"runs:/{r.run_id}/{e.artifact}", tmp / f"e{i}{e.target}")
-                checks.append(_check_tree(f"{name}: {e.target} artifact", local, e.sha256,
+                checks.append(_check_hash(f"{name}: {e.target} artifact", local, e.sha256,
                                           "MLflow run artifacts"))
         restored = tmp / "prepared"
         checks += _verify_data(report, root, restored)

@@ -64,8 +64,11 @@ _MESSAGES = {
 
 def format_error(err: dict[str, Any]) -> str:
     """One pydantic error as ``key.path: what is wrong (got value)``."""
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged")))
-    loc = loc.replace("validate_", "validate") or "<top level>"
+    parts = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged"))]
+    is_key = bool(parts) and parts[-1] == "[key]"  # a mapping's key, not a value, is wrong
+    if is_key:
+        parts = parts[:-1]
+    loc = ".".join(parts).replace("validate_", "validate") or "<top level>"
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
@@ -74,7 +77,10 @@ def format_error(err: dict[str, Any]) -> str:
         return (f"{loc}: unknown {ctx.get('discriminator', 'kind').strip(chr(39))} "
                 f"{ctx.get('tag')!r} (one of {ctx.get('expected_tags')})")
     if kind == "literal_error":
-        return f"{loc}: must be one of {ctx.get('expected')} (got {err.get('input')!r})"
+        what = "key " if is_key else ""
+        if is_key:
+            loc = loc.rsplit(".", 1)[0]
+        return f"{loc}: {what}must be one of {ctx.get('expected')} (got {err.get('input')!r})"
     if kind in ("value_error", "assertion_error"):
         msg = str(ctx.get("error", err["msg"]))
         return msg if loc == "<top level>" else f"{loc}: {msg}"

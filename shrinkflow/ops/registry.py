@@ -77,6 +77,20 @@ def get_alias(c, name: str, alias_: str):
         raise
 
 
+def version_of(c, model_uri: str):
+    """The registered version behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    ref = model_uri[len("models:/"):]
+    try:
+        if "@" in ref:
+            name, alias_ = ref.split("@", 1)
+            return c.get_model_version_by_alias(name, alias_)
+        name, version = ref.rsplit("/", 1)
+        return c.get_model_version(name, version)
+    except Exception:
+        raise ShrinkflowError(f"{model_uri}: no such registered version (see `shrinkflow "
+                              "models`)") from None
+
+
 def version_metrics(mv) -> dict[str, float]:
     return {k[len(METRIC_TAG):]: float(v) for k, v in mv.tags.items() if k.startswith(METRIC_TAG)}
 

@@ -289,3 +289,39 @@ def pip_requirements() -> list[str]:
     from importlib import metadata
 
     return [f"{p}=={metadata.version(p)}" for p in ("onnx", "onnxruntime", "numpy")]
+
+
+# Columns of MLflow's SQL store that hold absolute artifact locations.
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"),
+                     ("model_versions", "storage_location"))
+
+
+def follow_moved_workspace(uri: str, root: Path, state_dir: Path) -> str | None:
+    """A workspace moved or copied elsewhere keeps working with its embedded SQLite store:
+    MLflow records absolute artifact locations, so they are rewritten from the old root
+    to the new one. Returns the old root when it moved (None otherwise). Stores that are
+    not the workspace's own SQLite file are never touched."""
+    import json
+    import sqlite3
+
+    marker = state_dir / "workspace.json"
+    old = json.loads(marker.read_text()).get("root") if marker.is_file() else None
+    new = str(root)
+    moved = None
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if old and old != new and db is not None and db.is_file() and \
+            db.resolve().is_relative_to(root):
+        with sqlite3.connect(db) as con:
+            for table, column in _LOCATION_COLUMNS:
+                for prefix in (f"file://{old}/", f"{old}/"):
+                    con.execute(f"update {table} set {column} = replace({column}, ?, ?) "  # noqa: S608
+                                f"where {column} like ?",
+                                (prefix, prefix.replace(old, new, 1), prefix + "%"))
+            con.execute("update tags set value = ? where key = ? and value = ?",
+                        (new, f"{TAG}workspace", old))
+        moved = old
+    if old != new:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"root": new}) + "\n")
+    return moved

@@ -86,23 +86,17 @@ def locked_out(root: str | Path, path: str) -> dict[str, Any] | None:
 
 
 def object_stores(root: str | Path) -> list[tuple[str, Path]]:
-    """Where DVC keeps content by md5, nearest first: the workspace cache, then the
-    default remote when it is a local directory (``files/md5/<2>/<30>`` layout)."""
+    """Where this workspace's DVC cache keeps content by md5 (remotes are reached through
+    DVC itself: :func:`fetch`)."""
     root = Path(root)
-    stores = [("dvc cache", root / ".dvc" / "cache" / "files" / "md5")]
+    cache = root / ".dvc" / "cache"
     try:
-        default = dvc(root, "remote", "default").strip()
-        for line in dvc(root, "remote", "list").splitlines():
-            name, _, url = line.strip().partition("\t")
-            url = url.strip() or line.split()[-1]
-            if name.strip() == default and "://" not in url:
-                base = Path(url).expanduser()
-                if not base.is_absolute():
-                    base = (root / ".dvc" / base).resolve()
-                stores.append((f"dvc remote '{default}'", base / "files" / "md5"))
+        configured = dvc(root, "cache", "dir").strip()
+        if configured:
+            cache = Path(configured)
     except ShrinkflowError:
         pass
-    return stores
+    return [("dvc cache", cache / "files" / "md5")]
 
 
 def find_object(stores: list[tuple[str, Path]], md5: str) -> tuple[str, Path] | None:
@@ -118,17 +112,54 @@ def md5_file(path: str | Path) -> str:
     return file_digest(path, "md5")
 
 
+def remotes(root: str | Path) -> list[str]:
+    """Names of the workspace's DVC remotes, the default first."""
+    try:
+        default = dvc(root, "remote", "default").strip()
+        names = [line.split()[0] for line in dvc(root, "remote", "list").splitlines()
+                 if line.strip()]
+    except ShrinkflowError:
+        return []
+    return sorted(names, key=lambda n: n != default)
+
+
+def fetch(root: str | Path, md5: str) -> str:
+    """Bring object ``md5`` (and a directory's files) into the workspace's DVC cache from
+    whichever remote holds it, through DVC itself; returns where it was found ("" if
+    nowhere)."""
+    import json
+
+    names = remotes(root)
+    out = subprocess.run([sys.executable, "-m", "shrinkflow.ops.dvc_fetch", str(root), md5,
+                          *names], capture_output=True, text=True, timeout=1800,
+                         env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if out.returncode != 0:
+        return ""
+    try:
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return ""
+    return result["where"] if not result["missing"] else ""
+
+
 def restore(dvc_entry: dict[str, Any], root: str | Path, dest: Path) -> tuple[str, list[str]]:
-    """Copy the directory DVC recorded as ``dvc_entry`` (md5 ``….dir``) out of the DVC cache
-    or a local remote into ``dest``, checking every file's md5. Returns (where, problems)."""
+    """Copy the directory DVC recorded as ``dvc_entry`` (md5 ``….dir``) into ``dest``,
+    fetched through DVC from the cache or any remote, checking every file's md5. Returns
+    (where, problems)."""
     import json
     import shutil
 
-    stores = object_stores(root)
     md5 = dvc_entry["md5"]
+    stores = object_stores(root)
     found = find_object(stores, md5)
+    where_fetched = ""
+    if found is None or any(find_object(stores, e["md5"]) is None
+                            for e in json.loads(found[1].read_text())):
+        where_fetched = fetch(root, md5)
+        found = find_object(stores, md5)
     if found is None:
-        return "", [f"directory listing {md5} not in {', '.join(s for s, _ in stores)}"]
+        return "", [f"directory listing {md5} not in the DVC cache nor any remote "
+                    f"({', '.join(remotes(root)) or 'none configured'})"]
     where, listing = found
     problems = []
     if md5_file(listing) != md5.removesuffix(".dir"):
@@ -142,4 +173,4 @@ def restore(dvc_entry: dict[str, Any], root: str | Path, dest: Path) -> tuple[st
         if md5_file(obj[1]) != entry["md5"]:
             problems.append(f"{entry['relpath']}: md5 mismatch in {obj[0]}")
         shutil.copyfile(obj[1], dest / entry["relpath"])
-    return where, problems
+    return where_fetched or where, problems

@@ -157,3 +157,36 @@ def test_reproduce_reports_differences_past_tolerance(run):
         assert bad and bad[0]["metric"] == "onnx_test_accuracy"
     finally:
         c.log_metric(run_id, "onnx_test_accuracy", original)
+
+
+def test_verify_fetches_the_data_through_dvc_from_any_remote(run, tmp_path):
+    """The data is neither in the local cache nor on the default remote, only on a second
+    remote: DVC itself fetches it, and verification passes."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import venv_env
+
+    ws, uri, _ = run
+
+    def dvc(*args):
+        out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, capture_output=True,
+                             text=True, env=venv_env(), timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    dvc("remote", "add", "--local", "-f", "second", str(tmp_path / "second"))
+    dvc("push", "-r", "second")
+    dvc("remote", "add", "--local", "-f", "-d", "empty", str(tmp_path / "empty"))
+    cache = ws / ".dvc" / "cache"
+    shutil.move(cache, tmp_path / "cache-away")
+    try:
+        report = resolve.audit(uri, "models:/shrinkflow-digits@champion")
+        checks = {c.item: c for c in verify.verify(report, ws)}
+        assert checks["data (DVC)"].status == "OK", checks["data (DVC)"].detail
+        assert "second" in checks["data (DVC)"].detail
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.move(tmp_path / "cache-away", cache)
+        dvc("remote", "default", "--local", "test")

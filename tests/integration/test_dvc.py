@@ -36,6 +36,14 @@ def test_dvc_repro_matches_flow_and_clean_clone_pulls(prefect_harness, tmp_path)
     assert "up to date" in run([*dvc, "status"], flow_ws)
 
     run([*dvc, "repro"], repro_ws)
+    # An experiment that changes only the selection rule re-runs only validate.
+    subprocess.run(["git", "add", "-A"], cwd=repro_ws, check=True)
+    subprocess.run(["git", "-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "repro"],
+                   cwd=repro_ws, check=True)
+    exp = run([*dvc, "exp", "run", "-S", "select.objective=most_accurate"], repro_ws)
+    assert "Stage 'train' didn't change, skipping" in exp or "train" not in exp.split("Running")[-1]
+    shown = json.loads(run([*dvc, "exp", "show", "--json"], repro_ws))
+    assert "most_accurate" in json.dumps(shown)
     by_repro = json.loads((repro_ws / "metrics" / "validate.json").read_text())
     assert set(by_repro) == set(result.metrics) == {"teacher", "pr", "pr_q8"}
     for name, by_flow in result.metrics.items():

@@ -51,7 +51,9 @@ def add_version(uri, acc, size, pad=0, fp=FP, gate="pass"):
     mlflow.set_experiment("registry-test")
     with mlflow.start_run() as run:
         info = mlflow.onnx.log_model(tiny_onnx(1.0, pad), name="m", pip_requirements=["onnx"])
-    values = {"onnx_test_accuracy": acc, "size_bytes": size, "latency_p50_ms_b256": 1.0}
+    # A version carries each target's accuracy under that target's key.
+    values = {"onnx_test_accuracy": acc, "openvino_test_accuracy": acc, "size_bytes": size,
+              "latency_p50_ms_b256": 1.0}
     tags = {"shrinkflow.data_fingerprint": fp, "shrinkflow.gate": gate}
     return registry.register(uri, NAME, info.model_uri, run.info.run_id, values, tags, "test")
 

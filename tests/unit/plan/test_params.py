@@ -62,3 +62,10 @@ def test_config_hash_is_stable_and_sensitive():
 
 def test_dump_uses_yaml_names():
     assert "validate" in Params().dump()
+
+
+def test_a_bad_mapping_key_is_named_without_stray_dots():
+    with pytest.raises(ShrinkflowError) as err:
+        load_params(None, ["select.weights={speed: 1}"])
+    assert str(err.value) == ("params: select.weights: key must be one of 'size', 'latency', "
+                              "'accuracy' or 'macs' (got 'speed')")
