@@ -371,7 +371,7 @@ def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord],
         _log_curves(c, run_id, plan, records, name)
         import mlflow
 
-        with mlflow.start_run(run_id=run_id):
+        with tracking.in_run(run_id):
             mlflow.log_input(dataset, context="test")
         with tempfile.TemporaryDirectory() as d:  # stored under the model's own name
             named = Path(d) / f"{name}.pt"

@@ -8,6 +8,7 @@ instead of logging it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -106,8 +107,28 @@ def client(uri: str):
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # MLflow resets it on import
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which shrinkflow reads as the
+    # user's override: left set, the next pipeline in this process (another workspace)
+    # would record into this store. The user's own value is put back.
+    user = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if user is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user
     return MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def in_run(run_id: str):
+    """MLflow's fluent API inside an existing run. The run's own experiment is made the
+    active one first: a caller's earlier ``mlflow.set_experiment`` (process-wide state)
+    must not make ``start_run`` refuse the run."""
+    import mlflow
+
+    mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
 
 
 def call(uri: str, what: str, fn, *args, **kwargs):
@@ -260,7 +281,7 @@ def log_onnx_model(run_id: str, name: str, onnx_path: str, example: np.ndarray,
     proto = onnx.load(onnx_path)
     sess = ort_session(onnx_path, 1)
     logits = sess.run(None, {sess.get_inputs()[0].name: example})[0]
-    with mlflow.start_run(run_id=run_id):
+    with in_run(run_id):
         signature = mlflow.models.infer_signature(example, logits)
         info = mlflow.onnx.log_model(
             proto, name=name, signature=signature, input_example=example,
