@@ -219,7 +219,7 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
             repeats_b256=v.repeats_b256, rounds=v.rounds, max_rounds=v.max_rounds,
             confidence=v.confidence, resolution=v.resolution, pairs=pairs,
             threshold=params.gates.min_speedup_vs_parent, gate_batch=params.gates.latency_batch,
-            machine=fingerprint["id"])
+            machine=fingerprint["id"], models=list(params.model_names))
         latency_ids[t] = b.add(f"latency:{t}", "latency", t, latency_cfg,
                                {"data": data,
                                 "exports": [target_exports[n] for n in params.model_names]},

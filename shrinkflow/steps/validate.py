@@ -99,6 +99,9 @@ class LatencyStep(Section):
     gate_batch: Literal[1, 256] = 256
     # The machine's fingerprint: a latency measured elsewhere is not reused.
     machine: str = ""
+    # The model each export serves, in order: two models may share one export (a
+    # technique the target does not use leaves the parent's artifact), and each is timed.
+    models: list[str] = Field(default_factory=list)
 
 
 def size_stats(path: str | Path) -> dict[str, float]:
@@ -208,7 +211,8 @@ def run_latency(config: LatencyStep, ctx: Context, data: DataArtifact,
     """Time every model of a target side by side, interleaved in rounds."""
     x, _, _ = raw_test_split(data.path)
     impl = targets.get(config.target)
-    runners = {e.name: impl.load(e.path, config.threads) for e in exports
+    names = config.models or [e.name for e in exports]
+    runners = {n: impl.load(e.path, config.threads) for n, e in zip(names, exports, strict=True)
                if e.format != "failed"}
     repeats = {1: config.repeats_b1, 256: config.repeats_b256}
     samples = {n: {str(b): [] for b in BATCHES} for n in runners}

@@ -180,7 +180,9 @@ def test_verify_fetches_the_data_through_dvc_from_any_remote(run, tmp_path):
     dvc("push", "-r", "second")
     dvc("remote", "add", "--local", "-f", "-d", "empty", str(tmp_path / "empty"))
     cache = ws / ".dvc" / "cache"
+    first = Path(dict(line.split()[:2] for line in dvc("remote", "list").splitlines())["test"])
     shutil.move(cache, tmp_path / "cache-away")
+    shutil.move(first, tmp_path / "first-away")  # the usual remote has nothing now
     try:
         report = resolve.audit(uri, "models:/shrinkflow-digits@champion")
         checks = {c.item: c for c in verify.verify(report, ws)}
@@ -189,4 +191,5 @@ def test_verify_fetches_the_data_through_dvc_from_any_remote(run, tmp_path):
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.move(tmp_path / "cache-away", cache)
+        shutil.move(tmp_path / "first-away", first)
         dvc("remote", "default", "--local", "test")

@@ -79,3 +79,15 @@ def test_weight_bits_are_decided_in_the_plan(monkeypatch, bits):
     p = plan()
     assert p.step("pr_q8:quantize").config.weight_bits == bits
     assert p.step("pr_qat:quantize").config.weight_bits == bits
+
+
+def test_a_model_sharing_its_parents_artifact_is_still_timed_under_its_own_name():
+    # LiteRT converts from torch: ONNX Runtime's dynamic int8 leaves the teacher's
+    # checkpoint, so on LiteRT `dyn` gets the teacher's stored artifact (same content key,
+    # named "teacher"); the latency step must still time it as `dyn`.
+    p = build_plan(load_params(None, [
+        "variants={dyn: {from: teacher, steps: [{quantize: {method: dynamic}}]}}",
+        "targets=[onnxruntime, {runtime: litert, batch_sizes: [1, 256]}]"]), REPO)
+    lat = p.step(p.latency["litert"])
+    assert lat.config.models == ["teacher", "dyn"]
+    assert len(lat.inputs["exports"]) == 2
