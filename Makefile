@@ -22,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock overrides.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install --python $(PY) $(FIND) --quiet --override overrides.txt \
+	$(VENV)/bin/uv pip install --python $(PY) $(FIND) --quiet --compile-bytecode --override overrides.txt \
 	  -r requirements.lock
 	$(VENV)/bin/uv pip install --python $(PY) --quiet --no-deps -e .
 	touch $(STAMP)

@@ -35,6 +35,13 @@ def module_file(module: str, root: Path | None = None) -> Path | None:
 
 def _imports(path: Path, module: str) -> set[str]:
     """Modules of our package imported anywhere in ``path`` (any nesting level)."""
+    st = path.stat()
+    return _parsed_imports(path, module, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_imports(path: Path, module: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """Parsed once per file version (a plan hashes a dozen closures sharing most files)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -51,7 +58,7 @@ def _imports(path: Path, module: str) -> set[str]:
                 prefix = node.module or ""
             found.add(prefix)
             found.update(f"{prefix}.{a.name}" for a in node.names)
-    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+    return frozenset(m for m in found if m == PACKAGE or m.startswith(PACKAGE + "."))
 
 
 def closure(modules: tuple[str, ...] | list[str], root: Path | None = None) -> list[Path]:
