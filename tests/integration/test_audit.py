@@ -180,7 +180,7 @@ def test_verify_fetches_the_data_through_dvc_from_any_remote(run, tmp_path):
     dvc("push", "-r", "second")
     dvc("remote", "add", "--local", "-f", "-d", "empty", str(tmp_path / "empty"))
     cache = ws / ".dvc" / "cache"
-    first = Path(dict(line.split()[:2] for line in dvc("remote", "list").splitlines())["test"])
+    first = Path(dvc("config", "remote.test.url").strip())
     shutil.move(cache, tmp_path / "cache-away")
     shutil.move(first, tmp_path / "first-away")  # the usual remote has nothing now
     try:
