@@ -173,8 +173,14 @@ def log_metrics(c, run_id: str, values: dict[str, float], step: int = 0,
 
 def start_pipeline_run(uri: str, experiment: str, artifact_location: str | None,
                        params: dict[str, Any], tags: dict[str, str]) -> RunRef:
-    """Create the parent run of one pipeline execution (left RUNNING until :func:`end_run`)."""
+    """Create the parent run of one pipeline execution (left RUNNING until :func:`end_run`).
+
+    On a tracking server the server decides where a new experiment's artifacts go (its
+    ``--artifacts-destination``, served as ``mlflow-artifacts:``): a path on this client
+    would be invisible to every other machine."""
     c = client(uri)
+    if uri.startswith(("http://", "https://")):
+        artifact_location = None
     exp_id = call(uri, "create the experiment", ensure_experiment, c, experiment,
                   artifact_location)
     run = call(uri, "create a run", c.create_run, exp_id,
