@@ -701,9 +701,16 @@ def _print_outcome(result, seconds: float, as_json: bool = False) -> None:
     if result.report:
         console.print(f"report: {result.report}")
     console.print(f"wall time {seconds:.1f} s")
-    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {run.tracking_uri}   "
-                  "(then http://127.0.0.1:5000)")
-    console.print("Prefect UI: prefect server start   (then http://127.0.0.1:4200)")
+    if run.tracking_uri.startswith(("http://", "https://")):  # a tracking server: its UI
+        console.print(f"MLflow UI:  {run.tracking_uri}/#/experiments/{run.experiment_id}/runs/"
+                      f"{run.run_id}", highlight=False)
+    else:
+        console.print(f"MLflow UI:  mlflow ui --backend-store-uri {run.tracking_uri}   "
+                      "(then http://127.0.0.1:5000)")
+    api = os.environ.get("PREFECT_API_URL", "")
+    console.print(f"Prefect UI: {api.removesuffix('/api')}" if api else
+                  "Prefect UI: prefect server start   (then http://127.0.0.1:4200)",
+                  highlight=False)
 
 
 def main() -> None:
