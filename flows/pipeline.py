@@ -5,7 +5,7 @@ made and run in ``shrinkflow.plan``, what gets recorded in ``shrinkflow.ops.reco
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prefect import flow, tags
@@ -46,7 +46,9 @@ def pipeline(params: Params, workspace: str = ".", refresh: list[str] | None = N
         if outcome.rejected.get("teacher"):  # nothing trustworthy: the run fails
             raise GateFailure([f"teacher: {r}" for r in outcome.rejected["teacher"]])
     except BaseException as exc:
-        rec.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
+        # The tracking server may be what failed: keep the first cause.
+        with suppress(Exception):
+            rec.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     rec.end_run(run, "FINISHED")
     return outcome

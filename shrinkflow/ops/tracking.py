@@ -209,10 +209,10 @@ def log_text(ref: RunRef, text: str, name: str) -> None:
 
 def end_run(ref: RunRef, status: str = "FINISHED", error: str | None = None) -> None:
     """Terminate a run (FINISHED / FAILED / KILLED), recording why it failed."""
-    c = client(ref.tracking_uri)
+    c, uri = client(ref.tracking_uri), ref.tracking_uri
     if error:
-        c.set_tag(ref.run_id, f"{TAG}error", error[:4000])
-    c.set_terminated(ref.run_id, status=status)
+        call(uri, "record the run's error", c.set_tag, ref.run_id, f"{TAG}error", error[:4000])
+    call(uri, f"mark the run {status}", c.set_terminated, ref.run_id, status=status)
 
 
 def find_model_run(uri: str, experiment_id: str, model_key: str) -> str | None:
