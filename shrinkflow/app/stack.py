@@ -194,6 +194,10 @@ class Stack:
         return env
 
     def _check_port(self, name: str) -> None:
+        deadline = time.time() + 10  # a process killed a moment ago may still hold it
+        while self.pid(name) is None and not _port_free(self.port[name]) and \
+                time.time() < deadline:
+            time.sleep(0.5)
         if self.pid(name) is None and not _port_free(self.port[name]):
             raise ShrinkflowError(f"stack up: port {self.port[name]} of {name} is taken by "
                                   f"another process; stop it, or `shrinkflow stack down "
@@ -407,7 +411,10 @@ def _free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` (as servers do, with SO_REUSEADDR: the
+    connections of a crashed server linger in TIME_WAIT but do not block a restart)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
