@@ -14,6 +14,7 @@ import socket
 import time
 import urllib.parse
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,32 @@ def mark_orphans(uri: str, experiment: str, workspace: str) -> list[str]:
         c.set_terminated(run.info.run_id, status="KILLED")
         killed.append(run.info.run_id)
     return killed
+
+
+def end_abandoned(uri: str, experiment: str, ended: Callable[[str], str | None]) -> list[str]:
+    """Pipeline runs left RUNNING by an orchestrator flow run that has ended (the tracking
+    server was down when it failed, so it could not end them) become FAILED.
+
+    ``ended(flow_run_id)`` returns that flow run's final state name, or None while it
+    runs. Runs of a deployment clone a fresh workspace, so :func:`mark_orphans` (by
+    workspace path) does not find them."""
+    c = client(uri)
+    exp = call(uri, "read the experiment", c.get_experiment_by_name, experiment)
+    if exp is None:
+        return []
+    runs = call(uri, "search runs", c.search_runs, [exp.experiment_id],
+                f"attributes.status = 'RUNNING' and tags.`{TAG}step` = 'pipeline'")
+    done = []
+    for run in runs:
+        owner = run.data.tags.get(f"{TAG}prefect_flow_run")
+        state = ended(owner) if owner else None
+        if state:
+            c.set_tag(run.info.run_id, f"{TAG}error", f"its flow run {owner} ended {state} "
+                                                      "without ending it (tracking server "
+                                                      "unreachable); marked FAILED")
+            c.set_terminated(run.info.run_id, status="FAILED")
+            done.append(run.info.run_id)
+    return done
 
 
 def test_dataset(data_path: str, dataset: str, fingerprint: str):

@@ -199,6 +199,10 @@ def test_deployment_on_the_stack_survives_an_mlflow_crash(stack, tmp_path):
     runs = _pipeline_runs(c)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 2 and first.info.run_id in {r.info.run_id for r in finished}
+    # the run the crash interrupted is ended by the next one, saying why
+    (interrupted,) = [r for r in runs if r.info.status != "FINISHED"]
+    assert interrupted.info.status == "FAILED"
+    assert crashed_id in interrupted.data.tags["shrinkflow.error"]
     latest = max(finished, key=lambda r: r.info.start_time)
     children = c.search_runs([first.info.experiment_id],
                              f"tags.mlflow.parentRunId = '{latest.info.run_id}'")
