@@ -15,7 +15,7 @@ export ORT_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-fast repro lint lock clean-state dvc-yaml
+.PHONY: setup run test test-fast repro lint lock clean-state dvc-yaml stack stack-down
 
 setup: $(STAMP)
 
@@ -53,9 +53,17 @@ dvc-yaml: setup
 
 # Re-resolve requirements.lock after changing dependencies in pyproject.toml.
 lock: setup
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra openvino --extra litert \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra openvino --extra litert --extra server \
 	  --override overrides.txt $(FIND) --python-version 3.11 --no-header --quiet \
 	  -o requirements.lock
+
+# A team's servers on this machine (PostgreSQL, MLflow, Prefect + worker, Dask); then
+# `source .shrinkflow/stack/stack.env`. stack-down keeps the data (ARGS=--purge deletes it).
+stack: setup
+	$(VENV)/bin/shrinkflow stack up $(ARGS)
+
+stack-down: setup
+	$(VENV)/bin/shrinkflow stack down $(ARGS)
 
 clean-state:
 	rm -rf mlflow.db mlartifacts .shrinkflow data/prepared models onnx metrics reports exports

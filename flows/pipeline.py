@@ -5,7 +5,7 @@ made and run in ``shrinkflow.plan``, what gets recorded in ``shrinkflow.ops.reco
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prefect import flow, tags
@@ -35,7 +35,7 @@ def pipeline(params: Params, workspace: str = ".", refresh: list[str] | None = N
     with _timed(timing, "mlflow_start"):
         run = rec.start_run(uri, params.base.experiment,
                             ws.resolve(params.base.artifact_location).as_uri(), params.dump(),
-                            record.pipeline_tags(plan, ws, info))
+                            {**record.pipeline_tags(plan, ws, info), **_flow_run_tag()})
     try:
         with _timed(timing, "compute"):
             records = execute(plan, ws, submit=submitter(str(ws.store_dir),
@@ -46,10 +46,21 @@ def pipeline(params: Params, workspace: str = ".", refresh: list[str] | None = N
         if outcome.rejected.get("teacher"):  # nothing trustworthy: the run fails
             raise GateFailure([f"teacher: {r}" for r in outcome.rejected["teacher"]])
     except BaseException as exc:
-        rec.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
+        # The tracking server may be what failed: keep the first cause.
+        with suppress(Exception):
+            rec.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     rec.end_run(run, "FINISHED")
     return outcome
+
+
+def _flow_run_tag() -> dict[str, str]:
+    """The Prefect flow run (the outermost) that owns this MLflow run: a later run ends
+    it if that flow run ended without ending it (see tracking.end_abandoned)."""
+    from prefect.runtime import flow_run
+
+    root = flow_run.root_flow_run_id or flow_run.id
+    return {f"{TAG}prefect_flow_run": str(root)} if root else {}
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from shrinkflow.core.workspace import Workspace
-from shrinkflow.ops import changes
+from shrinkflow.ops import changes, tracking
 from shrinkflow.ops.tracking import resolve_tracking_uri
 from shrinkflow.plan.params import load_params, tracking_uri
 
@@ -34,6 +34,24 @@ def what_changed(params, uri: str, root: str) -> dict[str, Any]:
     return changes.what_changed(params, uri, root)
 
 
+def _final_state(flow_run_id: str) -> str | None:
+    """The final state of a flow run (None while it runs, or when it is unknown)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+    except Exception:
+        return None
+    return state.type.value if state is not None and state.is_final() else None
+
+
+def end_abandoned(uri: str, experiment: str) -> list[str]:
+    return tracking.end_abandoned(uri, experiment, _final_state)
+
+
 @flow(name="shrinkflow-retrain", log_prints=False, persist_result=True)
 def retrain(workspace: str = ".", params_file: str = "params.yaml") -> RetrainResult:
     """Skip when nothing changed since the champion (or the last finished run); else
@@ -42,6 +60,9 @@ def retrain(workspace: str = ".", params_file: str = "params.yaml") -> RetrainRe
     ws = Workspace.at(workspace)
     params = load_params(ws.resolve(params_file))
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
+    for run_id in end_abandoned(uri, params.base.experiment):
+        logger.warning("MLflow run %s was left RUNNING by a flow run that failed; marked "
+                       "FAILED", run_id)
     check = what_changed(params, uri, str(ws.root))
     if not check["changed"]:
         reason = f"skipped: nothing changed since {check['against']}"

@@ -291,6 +291,61 @@ def data_add(path: Annotated[Path, typer.Argument(help=".npz with arrays x and y
         console.print(f"[yellow]{info['params_note']}[/]")
 
 
+stack_app = typer.Typer(help="A team's servers on this machine: PostgreSQL, MLflow, Prefect "
+                             "(server, work pool, worker) and Dask.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("up")
+@user_errors
+def stack_up(workspace: WorkspaceOpt = Path(".")):
+    """Start every service of the stack that is not running (127.0.0.1, same ports as
+    before) and write .shrinkflow/stack/stack.env; `source` it, then run as usual."""
+    from shrinkflow.app.stack import Stack
+
+    stack = Stack(_workspace(workspace), echo=lambda line: console.print(line, highlight=False))
+    env = stack.up()
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "SHRINKFLOW_DASK_ADDRESS"):
+        console.print(f"  {key}={env[key]}", highlight=False)
+    console.print(f"stack up; point your shell at it:  source {stack.env_file}", highlight=False)
+
+
+@stack_app.command("status")
+@user_errors
+def stack_status(workspace: WorkspaceOpt = Path("."),
+                 as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False):
+    """Each service: running or not, its PID, address and log."""
+    from dataclasses import asdict
+
+    from shrinkflow.app.stack import Stack
+
+    rows = Stack(_workspace(workspace)).status()
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    table = Table("service", "state", "pid", "address", "log")
+    for r in rows:
+        table.add_row(r.name, "[green]running[/]" if r.running else "[red]stopped[/]",
+                      str(r.pid or "-"), r.url, r.log)
+    console.print(table)
+    if not all(r.running for r in rows):
+        raise typer.Exit(EXIT_ERROR)
+
+
+@stack_app.command("down")
+@user_errors
+def stack_down(workspace: WorkspaceOpt = Path("."),
+               purge: Annotated[bool, typer.Option(
+                   help="also delete the databases, artifacts and the env file")] = False):
+    """Stop every service by PID (SIGTERM, then SIGKILL); the data stays unless --purge."""
+    from shrinkflow.app.stack import Stack
+
+    stack = Stack(_workspace(workspace), echo=lambda line: console.print(line, highlight=False))
+    stopped = stack.down(purge=purge)
+    console.print(f"stack down ({len(stopped)} service(s) stopped"
+                  f"{'; data deleted' if purge else ''})")
+
+
 RegistryOpts = Annotated[str | None, typer.Option(
     "--name", help="registered model (default: registry.model_name, else shrinkflow-<dataset>)")]
 TargetOpt = Annotated[str, typer.Option(
@@ -646,9 +701,16 @@ def _print_outcome(result, seconds: float, as_json: bool = False) -> None:
     if result.report:
         console.print(f"report: {result.report}")
     console.print(f"wall time {seconds:.1f} s")
-    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {run.tracking_uri}   "
-                  "(then http://127.0.0.1:5000)")
-    console.print("Prefect UI: prefect server start   (then http://127.0.0.1:4200)")
+    if run.tracking_uri.startswith(("http://", "https://")):  # a tracking server: its UI
+        console.print(f"MLflow UI:  {run.tracking_uri}/#/experiments/{run.experiment_id}/runs/"
+                      f"{run.run_id}", highlight=False)
+    else:
+        console.print(f"MLflow UI:  mlflow ui --backend-store-uri {run.tracking_uri}   "
+                      "(then http://127.0.0.1:5000)")
+    api = os.environ.get("PREFECT_API_URL", "")
+    console.print(f"Prefect UI: {api.removesuffix('/api')}" if api else
+                  "Prefect UI: prefect server start   (then http://127.0.0.1:4200)",
+                  highlight=False)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import socket
 import time
 import urllib.parse
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,14 @@ def log_metrics(c, run_id: str, values: dict[str, float], step: int = 0,
 
 def start_pipeline_run(uri: str, experiment: str, artifact_location: str | None,
                        params: dict[str, Any], tags: dict[str, str]) -> RunRef:
-    """Create the parent run of one pipeline execution (left RUNNING until :func:`end_run`)."""
+    """Create the parent run of one pipeline execution (left RUNNING until :func:`end_run`).
+
+    On a tracking server the server decides where a new experiment's artifacts go (its
+    ``--artifacts-destination``, served as ``mlflow-artifacts:``): a path on this client
+    would be invisible to every other machine."""
     c = client(uri)
+    if uri.startswith(("http://", "https://")):
+        artifact_location = None
     exp_id = call(uri, "create the experiment", ensure_experiment, c, experiment,
                   artifact_location)
     run = call(uri, "create a run", c.create_run, exp_id,
@@ -224,10 +231,10 @@ def log_text(ref: RunRef, text: str, name: str) -> None:
 
 def end_run(ref: RunRef, status: str = "FINISHED", error: str | None = None) -> None:
     """Terminate a run (FINISHED / FAILED / KILLED), recording why it failed."""
-    c = client(ref.tracking_uri)
+    c, uri = client(ref.tracking_uri), ref.tracking_uri
     if error:
-        c.set_tag(ref.run_id, f"{TAG}error", error[:4000])
-    c.set_terminated(ref.run_id, status=status)
+        call(uri, "record the run's error", c.set_tag, ref.run_id, f"{TAG}error", error[:4000])
+    call(uri, f"mark the run {status}", c.set_terminated, ref.run_id, status=status)
 
 
 def find_model_run(uri: str, experiment_id: str, model_key: str) -> str | None:
@@ -254,6 +261,32 @@ def mark_orphans(uri: str, experiment: str, workspace: str) -> list[str]:
         c.set_terminated(run.info.run_id, status="KILLED")
         killed.append(run.info.run_id)
     return killed
+
+
+def end_abandoned(uri: str, experiment: str, ended: Callable[[str], str | None]) -> list[str]:
+    """Pipeline runs left RUNNING by an orchestrator flow run that has ended (the tracking
+    server was down when it failed, so it could not end them) become FAILED.
+
+    ``ended(flow_run_id)`` returns that flow run's final state name, or None while it
+    runs. Runs of a deployment clone a fresh workspace, so :func:`mark_orphans` (by
+    workspace path) does not find them."""
+    c = client(uri)
+    exp = call(uri, "read the experiment", c.get_experiment_by_name, experiment)
+    if exp is None:
+        return []
+    runs = call(uri, "search runs", c.search_runs, [exp.experiment_id],
+                f"attributes.status = 'RUNNING' and tags.`{TAG}step` = 'pipeline'")
+    done = []
+    for run in runs:
+        owner = run.data.tags.get(f"{TAG}prefect_flow_run")
+        state = ended(owner) if owner else None
+        if state:
+            c.set_tag(run.info.run_id, f"{TAG}error", f"its flow run {owner} ended {state} "
+                                                      "without ending it (tracking server "
+                                                      "unreachable); marked FAILED")
+            c.set_terminated(run.info.run_id, status="FAILED")
+            done.append(run.info.run_id)
+    return done
 
 
 def test_dataset(data_path: str, dataset: str, fingerprint: str):
