@@ -80,7 +80,12 @@ def calibration_subset(x: np.ndarray, y: np.ndarray, size: int, seed: int = 0
 
 
 def calibration_data(data: DataArtifact, size: int) -> tuple[np.ndarray, str]:
-    """The calibration subset of prepared data (raw pixels: the artifact's own input)."""
+    """The calibration subset of prepared data (raw pixels: the artifact's own input;
+    tokens for the embedding task)."""
+    if data.task == "embedding":
+        from shrinkflow.steps.embed import calibration_tokens
+
+        return calibration_tokens(data, size)
     arrays, _ = load_raw(data.path)
     return calibration_subset(arrays["x_val"], arrays["y_val"], size)
 
