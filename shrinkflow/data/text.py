@@ -74,6 +74,15 @@ def read_sentences(path: str | Path) -> list[str]:
     return out
 
 
+def check_source(params: PrepareParams) -> None:
+    """Before anything runs: the sentence file is readable and the pretrained package
+    and transformers are installed (one line naming what is missing)."""
+    read_sentences(params.path or "")
+    pretrained_dir()
+    if importlib.util.find_spec("transformers") is None:
+        raise ShrinkflowError(f"the embedding task needs transformers; {EXTRA_HINT}")
+
+
 def pack(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(batch, seq) ids and mask -> the single int64 input (batch, 2, seq)."""
     return np.ascontiguousarray(np.stack([ids, mask], axis=1).astype(np.int64))

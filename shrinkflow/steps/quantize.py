@@ -128,7 +128,8 @@ def _onnx(config: QuantizeStep, ctx: Context, data: DataArtifact, export: Export
     out = ctx.out_dir / "model.onnx"
     ort_target.quantize_onnx(export.path, out, config.method, calib, config.calibrator,
                              config.per_channel, config.percentile,
-                             reduce_range=config.bits() == 7)
+                             reduce_range=config.bits() == 7,
+                             transformer=data.task == "embedding")
     meta = {**ort_target.metadata_of(export.path), "shrinkflow.variant": ctx.model,
             "shrinkflow.quantization": config.method,
             "shrinkflow.calibration_fingerprint": fingerprint,

@@ -227,11 +227,15 @@ class CalibrationReader:
 def quantize_onnx(float_path: str | Path, out_path: str | Path, method: str,
                   calibration: np.ndarray | None = None, calibrator: str = "minmax",
                   per_channel: bool = True, percentile: float = 99.999,
-                  reduce_range: bool = True, defaults: bool = False) -> None:
+                  reduce_range: bool = True, defaults: bool = False,
+                  transformer: bool = False) -> None:
     """Write an int8 ONNX model quantized by ONNX Runtime: ``dynamic``, or ``static``
     QDQ calibrated on ``calibration`` (raw inputs). ``reduce_range`` stores 7-bit weights
     (for CPUs without VNNI). ``defaults`` uses onnxruntime.quantization's own defaults
-    (the peer baseline a user of ONNX Runtime alone would get)."""
+    (the peer baseline a user of ONNX Runtime alone would get). ``transformer``: static
+    int8 of the weight MatMuls and the embedding Gather only, keeping the feed-forward
+    down-projections (whose inputs, after GELU, hold the outliers) in float (see
+    :func:`transformer_static_options`)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -257,6 +261,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, method: str,
                     raise ShrinkflowError("quantize static: no calibration data")
                 name = onnx.load(str(pre)).graph.input[0].name
                 reader = CalibrationReader(name, calibration, batch=32)
+                extra = transformer_static_options(pre) if transformer else {}
                 if defaults:
                     quantize_static(str(pre), str(tmp), reader)
                 else:
@@ -270,6 +275,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, method: str,
                                           "percentile": CalibrationMethod.Percentile}[calibrator],
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                        "CalibPercentile": percentile},
+                        **extra,
                     )
         finally:
             pre.unlink(missing_ok=True)
@@ -493,3 +499,21 @@ def fuse_transformer(path: str | Path, num_heads: int = 0, hidden_size: int = 0)
     finally:
         logger.setLevel(old)
     return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+
+
+def transformer_static_options(path: Path) -> dict:
+    """``quantize_static`` options for an encoder (names the graph's unnamed nodes in
+    place, so they can be excluded): quantize MatMul and Gather, but not the MatMuls fed
+    by GELU. Quantizing every op gave a mean cosine of 0.41 to the float model on the
+    shipped sentences; MatMul alone 0.947; without those six down-projections 0.991."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for i, node in enumerate(proto.graph.node):
+        node.name = node.name or f"node_{i}"
+    onnx.save(proto, str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    after_gelu = [n.name for n in proto.graph.node if n.op_type == "MatMul"
+                  and getattr(producer.get(n.input[0]), "op_type", "") in ("Gelu", "BiasGelu",
+                                                                            "FastGelu")]
+    return {"op_types_to_quantize": ["MatMul", "Gather"], "nodes_to_exclude": after_gelu}
