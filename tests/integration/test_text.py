@@ -16,14 +16,17 @@ pytestmark = [
                        "(or transformers) is not installed: uv pip install -e '.[text]'"),
 ]
 
-# Short: 120 sentences, 2 distillation epochs, few latency rounds (one core, ~2 minutes).
+# Short: 80 training sentences, 1 distillation epoch, few latency calls; static int8 is
+# left to the unit tests and bench/text.py (a transformer export takes ~30 s a model).
 OVERRIDES = [
     "prepare.max_train=80", "validate.repeats_b1=5", "validate.repeats_b256=1",
-    "validate.warmup=1", "validate.rounds=2", "validate.max_rounds=2",
+    "validate.warmup=0", "validate.rounds=2", "validate.max_rounds=2",
+    # Two rounds on a shared machine cannot decide a speed-up (latency is still measured
+    # and logged; bench/text.py measures it with enough rounds): the speed gate is off.
+    "gates.min_speedup_vs_parent=-1",
     "variants={dyn8: {from: teacher, steps: [{quantize: {method: dynamic}}]},"
-    " static8: {from: teacher, steps: [{quantize: {method: static, calibration_size: 64}}]},"
     " l3: {from: teacher, steps: [{distill_layers: {keep_layers: [0, 2, 5],"
-    " fit: {epochs: 2, lr: 0.0005, batch_size: 16}}}]}}",
+    " fit: {epochs: 1, lr: 0.0005, batch_size: 16}}}]}}",
 ]
 
 
@@ -43,17 +46,18 @@ def test_embedding_pipeline_gates_and_registers(prefect_harness, tmp_path):
     result = run_pipeline(load_params(ws / "params.yaml"), ws)
 
     m = result.metrics
-    assert sorted(m) == ["dyn8", "l3", "static8", "teacher"]
+    assert sorted(m) == ["dyn8", "l3", "teacher"]
     teacher, dyn = m["teacher"], m["dyn8"]
     assert teacher["onnx_test_cosine"] > 0.9999 and teacher["parity_max_abs_diff"] < 1e-3
     assert dyn["onnx_test_cosine"] >= 0.99 and dyn["onnx_test_accuracy"] == dyn["onnx_test_cosine"]
     assert teacher["size_bytes"] / dyn["size_bytes"] >= 3.9
     assert "dyn8" not in result.rejected
-    # The 2-epoch 3-layer student is far from the teacher: the cosine gate rejects it.
+    assert dyn["latency_p50_ms_b1"] > 0 and teacher["latency_p50_ms_b256"] > 0
+    # The 1-epoch 3-layer student is far from the teacher: the cosine gate rejects it.
     assert m["l3"]["onnx_test_cosine"] < 0.99
-    assert any("accuracy drop" in r for r in result.rejected["l3"])
+    assert [r for r in result.rejected["l3"] if "accuracy drop" in r]
     # The smallest passing model is registered and, with no champion yet, promoted.
-    assert result.selected in ("dyn8", "static8")
+    assert result.selected == "dyn8"
     assert result.registered_version == "1"
     assert result.promotion["promoted"]
     c = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
