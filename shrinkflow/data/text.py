@@ -57,7 +57,7 @@ def tokenizer_files(model_dir: Path) -> list[Path]:
     return [model_dir / f for f in TOKENIZER_FILES if (model_dir / f).is_file()]
 
 
-def read_sentences(path: str | Path) -> list[str]:
+def read_sentences(path: str | Path, minimum: int = 20) -> list[str]:
     """One sentence per non-empty line; lines starting with '#' are comments."""
     p = Path(path)
     if not p.is_file():
@@ -68,9 +68,10 @@ def read_sentences(path: str | Path) -> list[str]:
     except UnicodeDecodeError as exc:
         raise ShrinkflowError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     out = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
-    if len(out) < 20:
-        raise ShrinkflowError(f"{p}: {len(out)} sentence(s); the embedding task needs at "
-                              "least 20 (one per line) to split train/val/test")
+    if len(out) < minimum:
+        why = "to split train/val/test" if minimum > 1 else "to embed"
+        raise ShrinkflowError(f"{p}: {len(out)} sentence(s); at least {minimum} needed {why} "
+                              "(one per line)")
     return out
 
 

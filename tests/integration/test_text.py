@@ -64,3 +64,17 @@ def test_embedding_pipeline_gates_and_registers(prefect_harness, tmp_path):
     version = c.get_model_version_by_alias("shrinkflow-text", "champion")
     assert version.tags["shrinkflow.variant"] == result.selected
     assert version.tags["shrinkflow.dataset"] == "text"
+
+    # The champion embeds sentences given as a text file.
+    import numpy as np
+
+    from shrinkflow.app.predict import predict
+    from shrinkflow.ops.tracking import client
+
+    client(f"sqlite:///{ws / 'mlflow.db'}")  # the registry predict reads from
+    lines = tmp_path / "in.txt"
+    lines.write_text("A cat sleeps on the sofa.\nInterest rates went up again.\n")
+    out = predict("models:/shrinkflow-text@champion", lines, tmp_path / "emb.npz")
+    assert out["embeddings"].shape == (2, 384)
+    assert np.allclose(np.linalg.norm(np.load(tmp_path / "emb.npz")["embeddings"], axis=1), 1,
+                       atol=1e-3)

@@ -43,7 +43,7 @@ def test_read_sentences_skips_blanks_and_comments(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "not found"), (b"one\ntwo\n", "needs at least 20"), (b"\xff\xfe\xfa" * 30, "UTF-8")])
+    (None, "not found"), (b"one\ntwo\n", "at least 20 needed"), (b"\xff\xfe\xfa" * 30, "UTF-8")])
 def test_bad_sentence_files_are_refused_in_one_line(tmp_path, content, message):
     f = tmp_path / "s.txt"
     if content is not None:
