@@ -54,6 +54,7 @@ dvc-yaml: setup
 # Re-resolve requirements.lock after changing dependencies in pyproject.toml.
 lock: setup
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra openvino --extra litert --extra server \
+	  --extra text \
 	  --override overrides.txt $(FIND) --python-version 3.11 --no-header --quiet \
 	  -o requirements.lock
 

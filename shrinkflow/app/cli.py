@@ -464,7 +464,9 @@ def rollback(reason: Annotated[str | None, typer.Option(help="why (recorded)")] 
 @user_errors
 def predict(model_uri: Annotated[str, typer.Argument(
                 help="models:/NAME@champion, models:/NAME/VERSION, runs:/... or a .onnx file")],
-            input_npz: Annotated[Path, typer.Argument(help=".npz with an array x of raw images")],
+            input_npz: Annotated[Path, typer.Argument(
+                help=".npz with an array x of raw images (a sentence encoder: a text file, "
+                     "one sentence per line)")],
             out: Annotated[Path | None, typer.Option(help="write pred and probs to this .npz")] = None,
             normalized: Annotated[bool, typer.Option(
                 help="x is already normalised with the model's training statistics")] = False,
@@ -475,6 +477,15 @@ def predict(model_uri: Annotated[str, typer.Argument(
     if not Path(model_uri).is_file():
         _registry_target(params, None, workspace, None)  # sets the tracking URI
     result = do_predict(model_uri, input_npz, out, normalized)
+    if "embeddings" in result:  # a sentence encoder: the input was a text file
+        emb = result["embeddings"]
+        console.print(f"{emb.shape[0]} embeddings of size {emb.shape[1]} from {model_uri}")
+        for i in range(min(5, len(emb))):
+            console.print(f"  {i}: {result['sentences'][i][:60]!r} -> [{emb[i][0]:+.4f}, "
+                          f"{emb[i][1]:+.4f}, ...]")
+        if out:
+            console.print(f"written: {out} (array embeddings)")
+        return
     pred, labels = result["pred"], result["labels"]
     console.print(f"{len(pred)} predictions from {model_uri}")
     for i in range(min(10, len(pred))):

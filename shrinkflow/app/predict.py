@@ -105,6 +105,8 @@ def predict(model_uri: str, input_path: str | Path, out_path: str | Path | None 
             raw = takes_raw_input(meta)
             norm = json.loads(meta.get("shrinkflow.norm", "{}"))
             classes = json.loads(meta.get("shrinkflow.classes", "[]"))
+            if meta.get("shrinkflow.task") == "embedding":
+                return _embed(local, input_path, out_path)
         else:
             side = json.loads((local / SIDECAR).read_text())
             want, raw, norm, classes = side["input_shape"], True, side.get("norm", {}), \
@@ -135,3 +137,19 @@ def predict(model_uri: str, input_path: str | Path, out_path: str | Path | None 
         with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
             np.savez(f, pred=pred, probs=result["probs"])
     return result
+
+
+def _embed(local: Path, input_path: str | Path, out_path: str | Path | None,
+           max_tokens: int = 128) -> dict[str, np.ndarray | list[str]]:
+    """A sentence encoder: sentences (a text file, one per line) -> embeddings."""
+    from shrinkflow.data.text import pretrained_dir, read_sentences, tokenize
+    from shrinkflow.targets.base import batched
+    from shrinkflow.targets.onnxruntime import OnnxRuntime
+
+    sentences = read_sentences(input_path, minimum=1)
+    x = tokenize(sentences, pretrained_dir(), max_tokens)
+    emb = batched(OnnxRuntime.load(str(local), 1), x, batch=64)
+    if out_path is not None:
+        with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, embeddings=emb)
+    return {"embeddings": emb, "sentences": sentences}

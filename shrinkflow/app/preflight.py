@@ -20,6 +20,11 @@ from shrinkflow.plan.params import Params, tracking_uri
 def input_shape(params: Params, root: Path) -> tuple[int, ...] | None:
     """The (C, H, W) of the configured data, read cheaply (headers, not pixels)."""
     prep = params.prepare.resolved(root)
+    if prep.dataset == "text":  # sentences, not images: no architecture to check
+        from shrinkflow.data.text import check_source
+
+        check_source(prep)
+        return None
     if prep.dataset == "digits":
         return (1, 8, 8)
     if prep.dataset == "fashion-mnist":

@@ -44,6 +44,7 @@ class DataArtifact(Artifact):
     split_seed: int
     mean: float
     std: float
+    task: str = "classification"  # or "embedding" (x: packed tokens; quality: cosine)
 
 
 class ModelArtifact(Artifact):

@@ -29,7 +29,12 @@ SPLITS = ("train", "val", "test")
 
 
 class PrepareParams(Section):
-    dataset: Literal["digits", "fashion-mnist", "npz"] = "digits"
+    dataset: Literal["digits", "fashion-mnist", "npz", "text"] = "digits"
+    # classification (images -> classes) or embedding (sentences -> vectors; dataset
+    # text: prepare.path is a UTF-8 file with one sentence per line).
+    task: Literal["classification", "embedding"] = "classification"
+    # embedding: sentences are cut at this many tokens.
+    max_tokens: Int = Field(128, ge=8, le=512)
     # fashion-mnist: a directory holding the four idx(.gz) files (default: Debian's
     # dataset-fashion-mnist). npz: a file with arrays x and y. Relative paths are
     # relative to the workspace.
@@ -45,6 +50,11 @@ class PrepareParams(Section):
     def _path_needed(self) -> PrepareParams:
         if self.dataset == "npz" and not self.path:
             raise ValueError("dataset 'npz' needs prepare.path: the .npz file with arrays x and y")
+        if (self.task == "embedding") != (self.dataset == "text"):
+            raise ValueError("task 'embedding' goes with dataset 'text' (and dataset 'text' "
+                             "with task 'embedding')")
+        if self.dataset == "text" and not self.path:
+            raise ValueError("dataset 'text' needs prepare.path: a text file, one sentence per line")
         return self
 
     def resolved(self, root: str | Path) -> PrepareParams:
@@ -110,6 +120,10 @@ def fingerprint(arrays: dict[str, np.ndarray], extra: dict) -> str:
 
 def prepare(params: PrepareParams, out_dir: str | Path) -> DataArtifact:
     """Load the configured source, split it by seed, and write the splits to ``out_dir``."""
+    if params.task == "embedding":
+        from shrinkflow.data.text import prepare_text
+
+        return prepare_text(params, out_dir)
     raw = sources.load(params)
     n_classes = int(raw.y.max()) + 1
     counts = np.bincount(raw.y, minlength=n_classes)
@@ -189,6 +203,7 @@ def data_record(path: str | Path) -> DataArtifact:
         num_classes=meta["num_classes"], n_train=meta["counts"]["train"],
         n_val=meta["counts"]["val"], n_test=meta["counts"]["test"],
         split_seed=meta["split_seed"], mean=meta["mean"], std=meta["std"],
+        task=meta.get("task", "classification"),
     )
 
 
@@ -225,9 +240,12 @@ def load_prepared(path: str | Path) -> Splits:
 
 
 def raw_test_split(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The test split as raw float32 pixels (what deployed artifacts take) and labels."""
+    """The test split as raw float32 pixels (what deployed artifacts take) and labels;
+    for the embedding task, the packed int64 tokens (see :mod:`shrinkflow.data.text`)."""
     arrays, meta = load_raw(path)
-    return arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64), meta
+    x = arrays["x_test"]
+    x = x.astype(np.int64) if meta.get("task") == "embedding" else x.astype(np.float32)
+    return x, arrays["y_test"].astype(np.int64), meta
 
 
 def fingerprint_of(path: str | Path) -> str:

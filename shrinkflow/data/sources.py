@@ -146,6 +146,15 @@ def source_files(params: PrepareParams) -> list[Path]:
         root = Path(params.path) if params.path else FASHION_MNIST_DIR
         return [find_idx(root, s) for s in FASHION_MNIST_FILES]
     path = Path(params.path or "")
+    if params.dataset == "text":
+        from shrinkflow.data.text import pretrained_dir, tokenizer_files
+
+        if not path.is_file():
+            raise ShrinkflowError(f"prepare.path: {path} not found; give a UTF-8 text file "
+                                  "with one sentence per line")
+        # The tokens depend on the tokenizer, every model on the pretrained weights.
+        root = pretrained_dir()
+        return [path, *tokenizer_files(root), root / "model.safetensors"]
     if not path.is_file():
         raise ShrinkflowError(f"prepare.path: {path} not found; give an .npz file with "
                               "arrays x and y (or `shrinkflow data add FILE`)")

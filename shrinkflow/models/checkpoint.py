@@ -54,6 +54,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode, dict)."""
     ckpt = read_checkpoint(path)
+    if ckpt.get("kind") == "text":  # a sentence encoder (the embedding task)
+        from shrinkflow.models.text import encoder_from_checkpoint
+
+        return encoder_from_checkpoint(ckpt), ckpt
     arch = ArchParams.model_validate(ckpt["arch"])
     model: nn.Module = build_model(arch, tuple(ckpt["input_shape"]), int(ckpt["num_classes"]))
     if ckpt.get("qat"):

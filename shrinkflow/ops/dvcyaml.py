@@ -26,7 +26,7 @@ HEADER = """\
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "prepare": (("prepare",), (), ("prepare",)),
     "train": (("train",), (), ("train", "base.torch_threads")),
-    "compress": (("prune", "finetune", "quantize", "distill"), (),
+    "compress": (("prune", "finetune", "quantize", "distill", "distill_layers"), (),
                  ("variants.${key}", "base.torch_threads")),
     "convert": (("convert", "quantize"), (), ("convert", "variants", "targets")),
     # The validate stage also writes the gate verdicts (decide) into its metrics file.

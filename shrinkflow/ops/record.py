@@ -337,7 +337,7 @@ def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord],
         if dataset is None:
             dataset = tracking.test_dataset(data.path, data.dataset, data.fingerprint)
             x, _, _ = raw_test_split(data.path)
-            example = np.ascontiguousarray(x[:2], dtype=np.float32)
+            example = np.ascontiguousarray(x[:2])  # float32 pixels, or int64 tokens
         parent_run = logged[mp.parent]["run_id"] if mp.parent else None
         step_kind = plan.step(mp.exports[TARGET]).kind if plan.step(mp.exports[TARGET]).kind \
             == "quantize" else ckpt.step

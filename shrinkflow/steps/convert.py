@@ -67,6 +67,12 @@ def run(config: ConvertStep, ctx: Context, data: DataArtifact, model: ModelArtif
     import torch
 
     torch.set_num_threads(ctx.threads)
+    if data.task == "embedding":  # a sentence encoder
+        from shrinkflow.steps import embed
+
+        if config.target == "onnxruntime":
+            return embed.convert(config, ctx, model, data)
+        return embed.unsupported(config, ctx, model)
     if config.target == "onnxruntime":
         return _onnx(config, ctx, model)
     try:

@@ -80,7 +80,12 @@ def calibration_subset(x: np.ndarray, y: np.ndarray, size: int, seed: int = 0
 
 
 def calibration_data(data: DataArtifact, size: int) -> tuple[np.ndarray, str]:
-    """The calibration subset of prepared data (raw pixels: the artifact's own input)."""
+    """The calibration subset of prepared data (raw pixels: the artifact's own input;
+    tokens for the embedding task)."""
+    if data.task == "embedding":
+        from shrinkflow.steps.embed import calibration_tokens
+
+        return calibration_tokens(data, size)
     arrays, _ = load_raw(data.path)
     return calibration_subset(arrays["x_val"], arrays["y_val"], size)
 
@@ -123,7 +128,8 @@ def _onnx(config: QuantizeStep, ctx: Context, data: DataArtifact, export: Export
     out = ctx.out_dir / "model.onnx"
     ort_target.quantize_onnx(export.path, out, config.method, calib, config.calibrator,
                              config.per_channel, config.percentile,
-                             reduce_range=config.bits() == 7)
+                             reduce_range=config.bits() == 7,
+                             transformer=data.task == "embedding")
     meta = {**ort_target.metadata_of(export.path), "shrinkflow.variant": ctx.model,
             "shrinkflow.quantization": config.method,
             "shrinkflow.calibration_fingerprint": fingerprint,

@@ -30,6 +30,10 @@ class TrainParams(Section):
 @step("train", TrainParams, stage="train")
 def run(config: TrainParams, ctx: Context, data: DataArtifact) -> ModelArtifact:
     """Train the teacher (seeded, early stopping on validation accuracy)."""
+    if data.task == "embedding":  # the teacher is the pretrained encoder
+        from shrinkflow.steps import embed
+
+        return embed.teacher(config, ctx, data)
     splits = load_prepared(data.path)
     model = build_model(config.model, splits.input_shape, splits.num_classes, seed=config.seed)
     cfg = FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,

@@ -139,6 +139,14 @@ def run(config: ValidateStep, ctx: Context, data: DataArtifact, model: ModelArti
         return Metrics(name=ctx.model, values={}, target=config.target,
                        gate_failures=(export.failure,))
     torch.set_num_threads(ctx.threads)
+    if data.task == "embedding":  # quality: cosine similarity to the teacher's embeddings
+        from shrinkflow.steps import embed
+
+        values = {**embed.validate(config, ctx, data, model, export, accuracy_key(config.target)),
+                  **size_stats(export.path), "params": float(model.num_params),
+                  "nonzero_params": float(model.nonzero_params),
+                  "sparsity": 1.0 - model.nonzero_params / max(1, model.num_params)}
+        return Metrics(name=ctx.model, values=values, target=config.target)
     x, y, _ = raw_test_split(data.path)
     net, ckpt = load_checkpoint(model.path)
     reference = predict_logits(Deployed(net, ckpt["norm"]), x)

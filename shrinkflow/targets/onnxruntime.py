@@ -227,11 +227,15 @@ class CalibrationReader:
 def quantize_onnx(float_path: str | Path, out_path: str | Path, method: str,
                   calibration: np.ndarray | None = None, calibrator: str = "minmax",
                   per_channel: bool = True, percentile: float = 99.999,
-                  reduce_range: bool = True, defaults: bool = False) -> None:
+                  reduce_range: bool = True, defaults: bool = False,
+                  transformer: bool = False) -> None:
     """Write an int8 ONNX model quantized by ONNX Runtime: ``dynamic``, or ``static``
     QDQ calibrated on ``calibration`` (raw inputs). ``reduce_range`` stores 7-bit weights
     (for CPUs without VNNI). ``defaults`` uses onnxruntime.quantization's own defaults
-    (the peer baseline a user of ONNX Runtime alone would get)."""
+    (the peer baseline a user of ONNX Runtime alone would get). ``transformer``: static
+    int8 of the weight MatMuls and the embedding Gather only, keeping the feed-forward
+    down-projections (whose inputs, after GELU, hold the outliers) in float (see
+    :func:`transformer_static_options`)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -257,6 +261,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, method: str,
                     raise ShrinkflowError("quantize static: no calibration data")
                 name = onnx.load(str(pre)).graph.input[0].name
                 reader = CalibrationReader(name, calibration, batch=32)
+                extra = transformer_static_options(pre) if transformer else {}
                 if defaults:
                     quantize_static(str(pre), str(tmp), reader)
                 else:
@@ -270,6 +275,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, method: str,
                                           "percentile": CalibrationMethod.Percentile}[calibrator],
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                        "CalibPercentile": percentile},
+                        **extra,
                     )
         finally:
             pre.unlink(missing_ok=True)
@@ -428,3 +434,86 @@ def onnx_record(path: str | Path, name: str | None = None):
         exporter="", config_hash="", quantization=props.get("shrinkflow.quantization", "none"),
         calibration_fingerprint=props.get("shrinkflow.calibration_fingerprint", ""),
         weight_bits=int(props.get("shrinkflow.weight_bits", "0") or 0))
+
+
+# --- transformers (the embedding task) ------------------------------------------------------
+
+TOKENS_NAME = "tokens"  # packed (batch, 2, seq) int64: token ids and attention mask
+# Not "embedding": the dynamo exporter names the word-embedding lookup's output
+# "embedding" too, and a duplicate name makes an invalid graph.
+EMBEDDING_NAME = "sentence_embedding"
+
+
+def export_encoder(model: torch.nn.Module, example: np.ndarray, path: str | Path, opset: int,
+                   metadata: dict[str, str] | None = None, fuse: bool = True) -> None:
+    """Export a sentence encoder (one packed int64 input, dynamic batch and sequence
+    length) with the dynamo exporter (the TorchScript one fails on these models),
+    then apply ONNX Runtime's transformer fusions (see :func:`fuse_transformer`)."""
+    import onnx
+
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(example[:2]))
+    batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=2, max=512)
+    with atomic_path(path) as tmp:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), _quiet("torch"):
+                torch.onnx.export(model, (x,), str(tmp), input_names=[TOKENS_NAME],
+                                  output_names=[EMBEDDING_NAME], opset_version=opset,
+                                  dynamo=True, external_data=False,
+                                  dynamic_shapes=({0: batch, 2: seq},))
+        except Exception as exc:
+            raise ShrinkflowError(f"convert: torch.onnx.export (dynamo) of the encoder failed: "
+                                  f"{str(exc).splitlines()[0][:300]}") from None
+        if fuse:
+            fuse_transformer(tmp, num_heads=int(getattr(model, "num_heads", 0)),
+                             hidden_size=int(getattr(model, "hidden_size", 0)))
+        proto = onnx.load(str(tmp))
+        strip_debug_info(proto)
+        set_metadata(proto, metadata or {})
+        onnx.save(proto, str(tmp))
+        compact_names(tmp)
+        check_onnx(tmp)
+
+
+def fuse_transformer(path: str | Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
+    """ONNX Runtime's BERT fusions, in place (GELU among them: Erf-based GELU plus its
+    bias becomes one BiasGelu). SkipLayerNormalization fusion stays off: on the dynamo
+    export it broke parity with torch. Returns the fused-operator counts."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_gelu = True
+    options.enable_bias_gelu = True
+    options.enable_skip_layer_norm = False
+    options.enable_bias_skip_layer_norm = False
+    logger = logging.getLogger("onnxruntime.transformers")
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = optimize_model(str(path), model_type="bert", num_heads=num_heads,
+                                   hidden_size=hidden_size, optimization_options=options,
+                                   opt_level=0)
+            model.save_model_to_file(str(path))
+    finally:
+        logger.setLevel(old)
+    return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+
+
+def transformer_static_options(path: Path) -> dict:
+    """``quantize_static`` options for an encoder (names the graph's unnamed nodes in
+    place, so they can be excluded): quantize MatMul and Gather, but not the MatMuls fed
+    by GELU. Quantizing every op gave a mean cosine of 0.41 to the float model on the
+    shipped sentences; MatMul alone 0.947; without those six down-projections 0.991."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for i, node in enumerate(proto.graph.node):
+        node.name = node.name or f"node_{i}"
+    onnx.save(proto, str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    after_gelu = [n.name for n in proto.graph.node if n.op_type == "MatMul"
+                  and getattr(producer.get(n.input[0]), "op_type", "") in ("Gelu", "BiasGelu",
+                                                                            "FastGelu")]
+    return {"op_types_to_quantize": ["MatMul", "Gather"], "nodes_to_exclude": after_gelu}

@@ -18,7 +18,7 @@ def test_shipped_params_are_valid():
 
 
 def test_variant_step_kinds_come_from_the_registry():
-    assert set(STEP_KINDS) == {"prune", "finetune", "quantize", "distill"}
+    assert set(STEP_KINDS) == {"prune", "finetune", "quantize", "distill", "distill_layers"}
 
 
 def test_override_changes_value_and_parses_yaml():
