@@ -48,7 +48,8 @@ def check_data(params: Params, root: Path) -> tuple[int, ...] | None:
     return shape
 
 
-def check_architectures(params: Params, shape: tuple[int, ...] | None) -> None:
+def check_architectures(params: Params, shape: tuple[int, ...] | None,
+                        num_classes: int = 10) -> None:
     if shape is None:
         return
     try:
@@ -60,6 +61,51 @@ def check_architectures(params: Params, shape: tuple[int, ...] | None) -> None:
                     student.check_input(shape, f"variants.{name}.steps[{i}].distill.student")
     except ValueError as exc:
         raise ShrinkflowError(str(exc)) from None
+    check_support(params, shape, num_classes)
+
+
+def check_support(params: Params, shape: tuple[int, ...], num_classes: int = 10) -> None:
+    """Build every architecture once (a factory must import, build and return one logit
+    per class) and ask each compression step whether it supports the model it gets: a
+    refusal is one line naming the variant, the step and the layer, before any compute."""
+    from shrinkflow.models.spec import ArchParams, check_built
+    from shrinkflow.steps.support import refusal
+
+    if len(shape) != 3:
+        specs = [("train.model", params.train.model)] + [
+            (f"variants.{n}.steps[{i}].distill.student", s.student)
+            for n, v in params.variants.items() for i, s in enumerate(v.steps)
+            if getattr(s, "student", None) is not None]
+        for where, spec in specs:
+            if isinstance(spec, ArchParams):
+                raise ShrinkflowError(f"{where}: the CNN needs images (C,H,W) but this data "
+                                      f"gives feature vectors of shape {shape}; use "
+                                      "{kind: mlp} or a factory")
+    built: dict[str, tuple[object, object]] = {
+        "teacher": (params.train.model,
+                    check_built(params.train.model, shape, num_classes, "train.model"))}
+    for name in params.variant_order():
+        variant = params.variants[name]
+        spec, model = built[variant.from_]
+        for i, step in enumerate(variant.steps):
+            where = f"variants.{name}.steps[{i}]"
+            student = getattr(step, "student", None)
+            if student is not None:
+                spec, model = student, check_built(student, shape, num_classes,
+                                                   f"{where}.distill.student")
+                continue
+            why = refusal(step, model, shape, num_classes)
+            if why:
+                raise ShrinkflowError(f"{where}: {why}")
+        built[name] = (spec, model)
+
+
+def _num_classes(params: Params, root: Path) -> int:
+    """K of the configured data (10 for the built-in sets; read from the labels else)."""
+    prep = params.prepare.resolved(root)
+    if prep.dataset in ("digits", "fashion-mnist"):
+        return 10
+    return sources.num_classes(prep)
 
 
 def check_targets(params: Params) -> None:
@@ -83,6 +129,9 @@ def preflight(params: Params, ws: Workspace) -> str:
     check_targets(params)
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
     shape = check_data(params, ws.root)
-    check_architectures(params, shape)
+    from shrinkflow.models.spec import add_import_root
+
+    add_import_root(ws.root)  # model factories are imported from the workspace
+    check_architectures(params, shape, _num_classes(params, ws.root))
     check_reachable(uri)
     return uri

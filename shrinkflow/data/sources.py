@@ -163,3 +163,8 @@ def source_fingerprint(params: PrepareParams) -> str:
     for f in source_files(params):
         h.update(path_sha256(f).encode())
     return h.hexdigest()
+
+
+def num_classes(params: PrepareParams) -> int:
+    """K of a file source (reads its labels)."""
+    return int(load(params).y.max()) + 1

@@ -20,6 +20,7 @@ from shrinkflow.core import machine
 from shrinkflow.core.codehash import code_hash
 from shrinkflow.core.config import Section, stable_hash
 from shrinkflow.data.sources import source_fingerprint
+from shrinkflow.models.spec import FactorySpec, add_import_root, factory_sha256
 from shrinkflow.plan.params import Params
 from shrinkflow.steps import base as steps
 from shrinkflow.steps.convert import ConvertStep
@@ -148,7 +149,9 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
     data = b.add("prepare", "prepare", "", prepare, {}, "prepare",
                  {"source": source or source_fingerprint(prepare),
                   "config": params.prepare.model_copy(update={"path": None}).config_hash()})
-    teacher = b.add("teacher:train", "train", "teacher", params.train, {"data": data}, "train")
+    add_import_root(root)  # model factories are imported from the workspace
+    teacher = b.add("teacher:train", "train", "teacher", params.train, {"data": data}, "train",
+                    _model_code(params.train.model))
     chains: dict[str, list[str]] = {"teacher": [teacher]}
     checkpoints: dict[str, str] = {"teacher": teacher}
     models: dict[str, ModelPlan] = {}
@@ -165,7 +168,8 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
                 step = resolve_weight_bits(step, int8_dot)
                 is_q = True
             current = b.add(f"{name}:{step.kind}", step.kind, name, step,
-                            {"data": data, "model": current}, f"compress@{name}")
+                            {"data": data, "model": current}, f"compress@{name}",
+                            _model_code(getattr(step, "student", None)))
             chain.append(current)
         chains[name], checkpoints[name] = chain, current
         quantized[name] = is_q or variant.onnx_quantize is not None
@@ -233,6 +237,12 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
             validation=validate_ids[name], quantized=quantized[name])
     return Plan(params=params, steps=b.steps, models=models, latency=latency_ids,
                 outputs=outputs, machine=fingerprint)
+
+
+def _model_code(spec) -> dict[str, str]:
+    """A factory model's source file sha256, for the cache key of the step that builds it
+    (later steps see it through the checkpoint, which stores it)."""
+    return {"factory_sha256": factory_sha256(spec)} if isinstance(spec, FactorySpec) else {}
 
 
 def _calibration_size(params: Params, name: str) -> int:

@@ -8,13 +8,15 @@ from shrinkflow.core.config import Int, Section, Seed
 from shrinkflow.core.records import DataArtifact, ModelArtifact
 from shrinkflow.data.prepare import load_prepared
 from shrinkflow.models.checkpoint import model_record, save_checkpoint
-from shrinkflow.models.cnn import ArchParams, build_model
+from shrinkflow.models.cnn import ArchParams
+from shrinkflow.models.spec import ModelSpec, build
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import FitConfig, checkpoint_info, fit
 
 
 class TrainParams(Section):
-    model: ArchParams = Field(default_factory=ArchParams)
+    # The built-in CNN (these keys), {kind: mlp, ...}, or {factory: "pkg.mod:fn", kwargs}.
+    model: ModelSpec = Field(default_factory=ArchParams)
     epochs: Int = Field(30, ge=1, le=10_000)
     batch_size: Int = Field(64, ge=1, le=1_000_000)
     lr: float = Field(2e-3, gt=0, le=10, allow_inf_nan=False)
@@ -31,7 +33,7 @@ class TrainParams(Section):
 def run(config: TrainParams, ctx: Context, data: DataArtifact) -> ModelArtifact:
     """Train the teacher (seeded, early stopping on validation accuracy)."""
     splits = load_prepared(data.path)
-    model = build_model(config.model, splits.input_shape, splits.num_classes, seed=config.seed)
+    model = build(config.model, splits.input_shape, splits.num_classes, seed=config.seed)
     cfg = FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                     seed=config.seed, patience=config.patience,
                     weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
