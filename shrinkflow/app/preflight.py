@@ -25,6 +25,8 @@ def input_shape(params: Params, root: Path) -> tuple[int, ...] | None:
     if prep.dataset == "fashion-mnist":
         sources.source_files(prep)  # raises one line if the files are missing
         return (1, 28, 28)
+    if prep.dataset in ("imagefolder", "csv"):
+        return tuple(_load(prep).x.shape[1:])  # validates every file, one line
     path = Path(prep.path or "")
     if not path.is_file():
         raise ShrinkflowError(f"prepare.path: {path} not found; give an .npz file with arrays "
@@ -32,19 +34,27 @@ def input_shape(params: Params, root: Path) -> tuple[int, ...] | None:
     shape, _ = check_npz_sizes(path, ("x", "y"))["x"]
     if len(shape) == 3:
         return (1, *shape[1:])
+    if len(shape) == 2:  # feature vectors
+        return (shape[1],)
     return tuple(shape[1:]) if len(shape) == 4 else None
 
 
 def check_data(params: Params, root: Path) -> tuple[int, ...] | None:
     shape = input_shape(params, root)
     prep = params.prepare.resolved(root)
-    if prep.dataset == "npz":
-        arrays = read_npz(prep.path)  # finite values, labels 0..K-1, every class present
-        counts = np.bincount(arrays["y"].astype(np.int64))
+    if prep.dataset in ("npz", "imagefolder", "csv"):
+        if prep.dataset == "npz":
+            y = read_npz(prep.path)["y"]  # finite values, labels 0..K-1, every class present
+        else:
+            y = _load(prep).y
+        counts = np.bincount(y.astype(np.int64))
         if counts.min() < 3:
             raise ShrinkflowError(f"{prep.path}: class {int(counts.argmin())} has "
                                   f"{int(counts.min())} example(s); each class needs >= 3")
-        check_labels(arrays["y"], str(prep.path))
+        check_labels(y, str(prep.path))
+        if len(shape) == 1 and params.train.augment_shift:
+            raise ShrinkflowError("train.augment_shift: shifts images; feature vectors "
+                                  f"({prep.dataset}) need 0")
     return shape
 
 
@@ -105,7 +115,21 @@ def _num_classes(params: Params, root: Path) -> int:
     prep = params.prepare.resolved(root)
     if prep.dataset in ("digits", "fashion-mnist"):
         return 10
-    return sources.num_classes(prep)
+    if prep.dataset == "npz":
+        return sources.num_classes(prep)
+    return int(_load(prep).y.max()) + 1
+
+
+_LOADED: dict[str, sources.RawDataset] = {}
+
+
+def _load(prep) -> sources.RawDataset:
+    """A directory of images or a CSV, read and validated once per check."""
+    key = prep.model_dump_json()
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = sources.load(prep)
+    return _LOADED[key]
 
 
 def check_targets(params: Params) -> None:
@@ -125,6 +149,7 @@ def check_workspace(ws: Workspace) -> None:
 
 def preflight(params: Params, ws: Workspace) -> str:
     """Run every check; return the resolved tracking URI."""
+    _LOADED.clear()
     check_workspace(ws)
     check_targets(params)
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
