@@ -43,10 +43,8 @@ def check_data(params: Params, root: Path) -> tuple[int, ...] | None:
     shape = input_shape(params, root)
     prep = params.prepare.resolved(root)
     if prep.dataset in ("npz", "imagefolder", "csv"):
-        if prep.dataset == "npz":
-            y = read_npz(prep.path)["y"]  # finite values, labels 0..K-1, every class present
-        else:
-            y = _load(prep).y
+        # Finite values, labels 0..K-1, every class present.
+        y = read_npz(prep.path)["y"] if prep.dataset == "npz" else _load(prep).y
         counts = np.bincount(y.astype(np.int64))
         if counts.min() < 3:
             raise ShrinkflowError(f"{prep.path}: class {int(counts.argmin())} has "

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
 
 from shrinkflow.core.config import Int, Section, Seed
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.files import file_sha256
 from shrinkflow.core.records import DataArtifact, ModelArtifact
 from shrinkflow.data.prepare import load_prepared
-from shrinkflow.models.checkpoint import model_record, save_checkpoint
+from shrinkflow.models.checkpoint import load_checkpoint, model_record, save_checkpoint
 from shrinkflow.models.cnn import ArchParams
-from shrinkflow.models.spec import ModelSpec, build
+from shrinkflow.models.spec import ModelSpec, build, parse_spec
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import FitConfig, checkpoint_info, fit
 
@@ -27,21 +33,105 @@ class TrainParams(Section):
     # Random crop/shift augmentation, in pixels (0 = off).
     augment_shift: Int = Field(0, ge=0, le=8)
     seed: Seed = 42
+    # Transfer: start from a registered model (models:/NAME@ALIAS or models:/NAME/VERSION)
+    # or a shrinkflow checkpoint file. The teacher takes that model's architecture (and
+    # weights); its classifier is replaced when the classes differ. train.model is unused.
+    init_from: str | None = Field(None, min_length=1)
+    # Parameter-name prefixes to keep frozen while training (e.g. [features.0, features.1]).
+    freeze: list[str] = Field(default_factory=list)
+    # Set by the plan: the local checkpoint init_from resolved to (not a params key: the
+    # cache key holds its sha256 instead, so it is left out of every dump).
+    init_checkpoint: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _freeze_needs_names(self) -> TrainParams:
+        if any(not p for p in self.freeze):
+            raise ValueError("freeze: give parameter-name prefixes (e.g. features.0)")
+        return self
 
 
 @step("train", TrainParams, stage="train")
 def run(config: TrainParams, ctx: Context, data: DataArtifact) -> ModelArtifact:
     """Train the teacher (seeded, early stopping on validation accuracy)."""
     splits = load_prepared(data.path)
-    model = build(config.model, splits.input_shape, splits.num_classes, seed=config.seed)
+    arch, source = config.model, None
+    if config.init_from:
+        model, arch, source = start_from(config, splits)
+    else:
+        model = build(config.model, splits.input_shape, splits.num_classes, seed=config.seed)
+    freeze(model, config.freeze)
     cfg = FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                     seed=config.seed, patience=config.patience,
                     weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
                     augment_shift=config.augment_shift, threads=ctx.threads)
     result = fit(model, splits, cfg, desc=f"{ctx.model}:train")
     out = ctx.out_dir / "model.pt"
-    save_checkpoint(model, config.model, out, step="train", name=ctx.model, parent=None,
+    for p in model.parameters():
+        p.requires_grad_(True)
+    save_checkpoint(model, arch, out, step="train", name=ctx.model, parent=None,
+                    **({"init_from": source} if source else {}),
                     config=config.model_dump(mode="json"), config_hash=config.config_hash(),
                     history=[{**h, "step": "train"} for h in result.history],
                     **checkpoint_info(data, splits))
     return model_record(out, summary=result.summary())
+
+
+def start_from(config: TrainParams, splits) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The source model of ``init_from`` (its architecture, its weights), with a new
+    classifier when the classes differ; returns (model, its spec, what it came from)."""
+    path = config.init_checkpoint or config.init_from
+    if not path or str(path).startswith("models:/"):
+        raise ShrinkflowError(f"train.init_from {config.init_from}: not resolved to a "
+                              "checkpoint (the plan resolves registered models)")
+    model, ckpt = load_checkpoint(path)
+    if ckpt.get("qat"):
+        raise ShrinkflowError(f"train.init_from {config.init_from}: a quantization-aware "
+                              "model; transfer from a float one (e.g. the teacher)")
+    arch = parse_spec(ckpt["arch"])
+    shape = splits.input_shape
+    if tuple(ckpt["input_shape"]) != tuple(shape) and \
+            (len(shape) != len(ckpt["input_shape"]) or shape[0] != ckpt["input_shape"][0]):
+        raise ShrinkflowError(f"train.init_from {config.init_from}: the model takes inputs "
+                              f"{tuple(ckpt['input_shape'])}, the data has {tuple(shape)}")
+    source = {"uri": config.init_from, "sha256": file_sha256(path),
+              "name": ckpt.get("name"), "num_classes": int(ckpt["num_classes"]),
+              "classes": list(ckpt.get("classes", []))}
+    same = int(ckpt["num_classes"]) == splits.num_classes and \
+        list(ckpt.get("classes", [])) == list(splits.meta.get("classes", []))
+    if not same:
+        replace_head(model, splits.num_classes, shape, seed=config.seed)
+    source["head_replaced"] = not same
+    model.train()
+    return model, arch, source
+
+
+def replace_head(model: nn.Module, num_classes: int, input_shape: tuple[int, ...],
+                 seed: int) -> None:
+    """A new classifier (the layer producing the logits) with ``num_classes`` outputs."""
+    from shrinkflow.steps.prune import output_layer
+
+    head = output_layer(model, torch.zeros((1, *input_shape)))
+    if not isinstance(head, nn.Linear):
+        raise ShrinkflowError(f"train.init_from: the classifier is a {type(head).__name__}; "
+                              "replacing it needs a Linear layer")
+    name = next(n for n, m in model.named_modules() if m is head)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    setattr(parent, attr, new)
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> None:
+    """Keep the parameters under ``prefixes`` fixed while training (no gradient)."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") or n.startswith(prefix)
+                   for n in names):
+            layers = sorted({n.rsplit(".", 1)[0] for n in names})
+            raise ShrinkflowError(f"train.freeze: {prefix!r} matches no parameter (layers: "
+                                  f"{', '.join(layers[:12])}{' …' if len(layers) > 12 else ''})")
+    for n, p in model.named_parameters():
+        if any(n.startswith(prefix) for prefix in prefixes):
+            p.requires_grad_(False)
