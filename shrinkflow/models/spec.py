@@ -203,6 +203,24 @@ def check_built(spec, input_shape: tuple[int, ...], num_classes: int, where: str
     return model
 
 
+def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The layer whose output is the logits (its outputs, the classes, are never
+    pruned): the last conv or linear layer to run on an example."""
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+             for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise ShrinkflowError("the model has no conv or linear layer to classify with")
+    return order[-1]
+
+
+
 # -- structured pruning leaves other shapes than the factory builds --------------------
 
 _SHAPE_ATTRS = {

@@ -22,7 +22,7 @@ from shrinkflow.core.records import DataArtifact, ModelArtifact
 from shrinkflow.data.prepare import load_prepared
 from shrinkflow.models.checkpoint import load_checkpoint
 from shrinkflow.models.cnn import ArchParams, arch_of
-from shrinkflow.models.spec import parse_spec
+from shrinkflow.models.spec import output_layer, parse_spec
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import FitParams, apply_masks, derive, fit, fit_config_for, load_masks
 
@@ -148,23 +148,6 @@ def structured_prune(model: nn.Module, amount: float, input_shape: tuple[int, ..
     model.eval()
     pruner.step()
     return model
-
-
-def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The layer whose output is the logits (its outputs, the classes, are never
-    pruned): the last conv or linear layer to run on an example."""
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
-             for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    if not order:
-        raise ShrinkflowError("prune structured: the model has no conv or linear layer")
-    return order[-1]
 
 
 def iteration_amounts(amount: float, iterations: int) -> list[float]:

@@ -15,7 +15,7 @@ from shrinkflow.core.records import DataArtifact, ModelArtifact
 from shrinkflow.data.prepare import load_prepared
 from shrinkflow.models.checkpoint import load_checkpoint, model_record, save_checkpoint
 from shrinkflow.models.cnn import ArchParams
-from shrinkflow.models.spec import ModelSpec, build, parse_spec
+from shrinkflow.models.spec import ModelSpec, build, output_layer, parse_spec
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import FitConfig, checkpoint_info, fit
 
@@ -108,8 +108,6 @@ def start_from(config: TrainParams, splits) -> tuple[nn.Module, Any, dict[str, A
 def replace_head(model: nn.Module, num_classes: int, input_shape: tuple[int, ...],
                  seed: int) -> None:
     """A new classifier (the layer producing the logits) with ``num_classes`` outputs."""
-    from shrinkflow.steps.prune import output_layer
-
     head = output_layer(model, torch.zeros((1, *input_shape)))
     if not isinstance(head, nn.Linear):
         raise ShrinkflowError(f"train.init_from: the classifier is a {type(head).__name__}; "
