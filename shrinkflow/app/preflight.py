@@ -57,7 +57,7 @@ def check_data(params: Params, root: Path) -> tuple[int, ...] | None:
 
 
 def check_architectures(params: Params, shape: tuple[int, ...] | None,
-                        num_classes: int = 10) -> None:
+                        num_classes: int = 10, root: Path | None = None) -> None:
     if shape is None:
         return
     try:
@@ -69,18 +69,20 @@ def check_architectures(params: Params, shape: tuple[int, ...] | None,
                     student.check_input(shape, f"variants.{name}.steps[{i}].distill.student")
     except ValueError as exc:
         raise ShrinkflowError(str(exc)) from None
-    check_support(params, shape, num_classes)
+    check_support(params, shape, num_classes, root)
 
 
-def check_support(params: Params, shape: tuple[int, ...], num_classes: int = 10) -> None:
+def check_support(params: Params, shape: tuple[int, ...], num_classes: int = 10,
+                  root: Path | None = None) -> None:
     """Build every architecture once (a factory must import, build and return one logit
     per class) and ask each compression step whether it supports the model it gets: a
     refusal is one line naming the variant, the step and the layer, before any compute."""
     from shrinkflow.models.spec import ArchParams, check_built
     from shrinkflow.steps.support import refusal
 
+    source = _transfer_source(params, root, shape, num_classes) if root is not None else None
     if len(shape) != 3:
-        specs = [("train.model", params.train.model)] + [
+        specs = [("train.model", params.train.model)] * (source is None) + [
             (f"variants.{n}.steps[{i}].distill.student", s.student)
             for n, v in params.variants.items() for i, s in enumerate(v.steps)
             if getattr(s, "student", None) is not None]
@@ -90,8 +92,12 @@ def check_support(params: Params, shape: tuple[int, ...], num_classes: int = 10)
                                       f"gives feature vectors of shape {shape}; use "
                                       "{kind: mlp} or a factory")
     built: dict[str, tuple[object, object]] = {
-        "teacher": (params.train.model,
+        "teacher": (params.train.model, source if source is not None else
                     check_built(params.train.model, shape, num_classes, "train.model"))}
+    if source is None and params.train.freeze:
+        from shrinkflow.steps.train import freeze
+
+        freeze(built["teacher"][1], list(params.train.freeze))  # names every prefix
     for name in params.variant_order():
         variant = params.variants[name]
         spec, model = built[variant.from_]
@@ -106,6 +112,38 @@ def check_support(params: Params, shape: tuple[int, ...], num_classes: int = 10)
             if why:
                 raise ShrinkflowError(f"{where}: {why}")
         built[name] = (spec, model)
+
+
+def _transfer_source(params: Params, root: Path, shape: tuple[int, ...],
+                     num_classes: int):
+    """The model ``train.init_from`` names (fetched, checked against the data and
+    ``train.freeze``), as the teacher will start: None without init_from."""
+    if not params.train.init_from:
+        return None
+    import torch
+
+    from shrinkflow.models.checkpoint import load_checkpoint
+    from shrinkflow.plan.plan import resolve_init
+    from shrinkflow.steps.train import freeze, replace_head
+
+    train, _ = resolve_init(params, root)
+    model, ckpt = load_checkpoint(train.init_checkpoint)
+    where = f"train.init_from {params.train.init_from}"
+    if ckpt.get("qat"):
+        raise ShrinkflowError(f"{where}: a quantization-aware model; transfer from a float one")
+    src = tuple(ckpt["input_shape"])
+    if len(src) != len(shape) or src[0] != shape[0]:
+        raise ShrinkflowError(f"{where}: the model takes inputs {src}, the data has {shape}")
+    if int(ckpt["num_classes"]) != num_classes:
+        replace_head(model, num_classes, shape, seed=0)
+    try:
+        with torch.no_grad():
+            model(torch.zeros((2, *shape)))
+    except Exception as exc:
+        raise ShrinkflowError(f"{where}: the model fails on inputs of shape {shape} "
+                              f"({type(exc).__name__})") from None
+    freeze(model, list(params.train.freeze))
+    return model.eval()
 
 
 def _num_classes(params: Params, root: Path) -> int:
@@ -155,6 +193,6 @@ def preflight(params: Params, ws: Workspace) -> str:
     from shrinkflow.models.spec import add_import_root
 
     add_import_root(ws.root)  # model factories are imported from the workspace
-    check_architectures(params, shape, _num_classes(params, ws.root))
+    check_architectures(params, shape, _num_classes(params, ws.root), ws.root)
     check_reachable(uri)
     return uri

@@ -6,13 +6,12 @@ Registered with the plan on import (the plan cannot reach MLflow itself)."""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.files import file_sha256
+from shrinkflow.core.files import copy_atomic, file_sha256
 from shrinkflow.plan.params import Params, tracking_uri
 from shrinkflow.plan.plan import register_model_resolver
 
@@ -44,7 +43,7 @@ def resolve_registered(uri: str, root: Path, params: Params) -> dict[str, Any]:
                 raise ShrinkflowError(f"train.init_from {uri}: no .pt checkpoint in run "
                                       f"{mv.run_id}")
             dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(pts[0], dest / pts[0].name)
+            copy_atomic(pts[0], dest / pts[0].name)  # a concurrent run never reads half
         found = sorted(dest.glob("*.pt"))
     path = found[0]
     return {"path": str(path), "sha256": file_sha256(path), "name": mv.name,

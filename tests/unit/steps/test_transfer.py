@@ -81,3 +81,26 @@ def test_plan_keys_the_teacher_by_the_source_checkpoint(tiny, tmp_path):
     assert build_plan(params, tmp_path).step("teacher:train").config_key != step.config_key
     with pytest.raises(ShrinkflowError, match=r"train.init_from: .*missing.pt not found"):
         build_plan(load_params(None, ["train.init_from=missing.pt"]), tmp_path)
+
+
+def test_preflight_checks_the_source_and_the_freeze_prefixes(tiny, tmp_path):
+    import shutil
+
+    from shrinkflow.app.preflight import check_architectures
+    from shrinkflow.plan.params import load_params
+
+    _, _, source = tiny
+    shutil.copyfile(source.path, tmp_path / "src.pt")
+    ok = load_params(None, ["train.init_from=src.pt", "train.freeze=[features]",
+                            "variants.q.from=teacher",
+                            "variants.q.steps=[{quantize: {method: qat}}]"])
+    check_architectures(ok, (1, 8, 8), 3, tmp_path)  # the source CNN is QAT-able
+    bad = load_params(None, ["train.init_from=src.pt", "train.freeze=[stem]"])
+    with pytest.raises(ShrinkflowError, match=r"train.freeze: 'stem' matches no parameter"):
+        check_architectures(bad, (1, 8, 8), 3, tmp_path)
+    with pytest.raises(ShrinkflowError, match=r"train.init_from src.pt: the model takes "
+                                              r"inputs \(1, 8, 8\), the data has \(3, 8, 8\)"):
+        check_architectures(load_params(None, ["train.init_from=src.pt"]), (3, 8, 8), 3,
+                            tmp_path)
+    with pytest.raises(ShrinkflowError, match=r"train.freeze: 'nope'"):
+        check_architectures(load_params(None, ["train.freeze=[nope]"]), (1, 8, 8), 10, tmp_path)
