@@ -155,3 +155,22 @@ def test_preflight_reads_shapes_and_refuses_a_cnn_on_features(tmp_path):
     imgs = load_params(None, ["prepare.dataset=imagefolder", "prepare.path=imgs",
                               "prepare.color=rgb", "prepare.image_size=[16, 12]"])
     assert check_data(imgs, tmp_path) == (3, 16, 12)
+
+
+@pytest.mark.slow  # git + DVC subprocesses
+def test_data_add_versions_a_csv_and_an_image_folder(tmp_path):
+    """The same validation as prepare; a bad file is refused before anything is copied."""
+    from shrinkflow.ops.snapshots import add_snapshot
+    from tests.conftest import make_workspace
+
+    ws = make_workspace(tmp_path / "ws", tmp_path / "remote")
+    csv = add_snapshot(write_csv(tmp_path / "d.csv"), ws, push=False)
+    assert csv["path"] == "data/raw/dataset.csv" and csv["classes"] == 3
+    assert "prepare.dataset: csv" in csv["params_note"]
+    imgs = add_snapshot(write_imagefolder(tmp_path / "imgs"), ws, push=False)
+    assert imgs["path"] == "data/raw/images" and imgs["examples"] == 60
+    assert (ws / "data" / "raw" / "images.dvc").is_file()
+    bad = write_csv(tmp_path / "bad.csv")
+    bad.write_text(bad.read_text().replace("\n0,", "\nnan,", 1))
+    with pytest.raises(ShrinkflowError, match="bad.csv: column 'p0' holds NaN/Inf at line 2"):
+        add_snapshot(bad, ws, push=False)
