@@ -95,7 +95,7 @@ def check_support(params: Params, shape: tuple[int, ...], num_classes: int = 10,
         "teacher": (params.train.model, source if source is not None else
                     check_built(params.train.model, shape, num_classes, "train.model"))}
     if source is None and params.train.freeze:
-        from shrinkflow.steps.train import freeze
+        from shrinkflow.steps.transfer import freeze
 
         freeze(built["teacher"][1], list(params.train.freeze))  # names every prefix
     for name in params.variant_order():
@@ -124,7 +124,7 @@ def _transfer_source(params: Params, root: Path, shape: tuple[int, ...],
 
     from shrinkflow.models.checkpoint import load_checkpoint
     from shrinkflow.plan.plan import resolve_init
-    from shrinkflow.steps.train import freeze, replace_head
+    from shrinkflow.steps.transfer import freeze, replace_head
 
     train, _ = resolve_init(params, root)
     model, ckpt = load_checkpoint(train.init_checkpoint)
