@@ -271,7 +271,8 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("add")
 @user_errors
-def data_add(path: Annotated[Path, typer.Argument(help=".npz with arrays x and y")],
+def data_add(path: Annotated[Path, typer.Argument(
+                 help=".npz with arrays x and y, a .csv, or a directory of class subfolders")],
              workspace: WorkspaceOpt = Path("."),
              push: Annotated[bool, typer.Option(help="push the snapshot to the DVC remote")] = True):
     """Version a new data snapshot: it becomes data/raw/dataset.npz, tracked by DVC.

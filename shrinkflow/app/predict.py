@@ -118,7 +118,7 @@ def predict(model_uri: str, input_path: str | Path, out_path: str | Path | None 
         if list(x.shape[1:]) != list(want):
             raise ShrinkflowError(f"{input_path}: x has shape {x.shape}; the model takes "
                                   f"(N, {', '.join(map(str, want))})")
-        check_inputs(x, str(input_path), ndims=(4,))
+        check_inputs(x, str(input_path), ndims=(len(want) + 1,))
         x = x.astype(np.float32)
         if normalized and norm:
             if raw:  # undo it: the artifact normalises inside

@@ -29,16 +29,23 @@ SPLITS = ("train", "val", "test")
 
 
 class PrepareParams(Section):
-    dataset: Literal["digits", "fashion-mnist", "npz", "text"] = "digits"
-    # classification (images -> classes) or embedding (sentences -> vectors; dataset
-    # text: prepare.path is a UTF-8 file with one sentence per line).
+    dataset: Literal["digits", "fashion-mnist", "npz", "imagefolder", "csv", "text"] = "digits"
+    # classification (images or features -> classes) or embedding (sentences -> vectors;
+    # dataset text: prepare.path is a UTF-8 file with one sentence per line).
     task: Literal["classification", "embedding"] = "classification"
     # embedding: sentences are cut at this many tokens.
     max_tokens: Int = Field(128, ge=8, le=512)
     # fashion-mnist: a directory holding the four idx(.gz) files (default: Debian's
-    # dataset-fashion-mnist). npz: a file with arrays x and y. Relative paths are
-    # relative to the workspace.
+    # dataset-fashion-mnist). npz: a file with arrays x and y. imagefolder: a directory
+    # of class subfolders holding PNG/JPEG files. csv: numeric feature columns and a
+    # label column. Relative paths are relative to the workspace.
     path: str | None = None
+    # imagefolder: resize every image to this (square side, or [height, width]); None
+    # keeps the size, which must then be the same for every image.
+    image_size: Int | tuple[Int, Int] | None = None
+    color: Literal["grayscale", "rgb"] = "grayscale"
+    # csv: the column holding the class labels (every other column is a feature).
+    label_column: str = Field("label", min_length=1)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     # Ignored by fashion-mnist, which keeps its official 10k test split.
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -55,6 +62,16 @@ class PrepareParams(Section):
                              "with task 'embedding')")
         if self.dataset == "text" and not self.path:
             raise ValueError("dataset 'text' needs prepare.path: a text file, one sentence per line")
+        if self.dataset == "imagefolder" and not self.path:
+            raise ValueError("dataset 'imagefolder' needs prepare.path: a directory of class "
+                             "subfolders holding PNG/JPEG images")
+        if self.dataset == "csv" and not self.path:
+            raise ValueError("dataset 'csv' needs prepare.path: a CSV file with a header, "
+                             "numeric feature columns and a label column")
+        size = self.image_size
+        if size is not None and any(not 1 <= s <= 4096 for s in
+                                    (size if isinstance(size, tuple) else (size,))):
+            raise ValueError("image_size: each side must be 1..4096 pixels")
         return self
 
     def resolved(self, root: str | Path) -> PrepareParams:

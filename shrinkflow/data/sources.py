@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.data.validation import check_inputs, check_labels, read_npz
+from shrinkflow.data.validation import (
+    check_inputs,
+    check_labels,
+    image_files,
+    read_csv,
+    read_images,
+    read_npz,
+)
 
 if TYPE_CHECKING:
     from shrinkflow.data.prepare import PrepareParams
@@ -107,7 +114,7 @@ def _load_npz(params: PrepareParams) -> RawDataset:
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[:, None]
-    check_inputs(x, str(path), ndims=(4,))
+    check_inputs(x, str(path), ndims=(2, 4))  # feature vectors, or images
     k = check_labels(y, str(path), len(x))
     if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
         lo, hi = int(x.min()), int(x.max())
@@ -118,10 +125,27 @@ def _load_npz(params: PrepareParams) -> RawDataset:
     return RawDataset(x=x, y=y.astype(np.int64), scale=scale, classes=[str(c) for c in range(k)])
 
 
+def image_size(params: PrepareParams) -> tuple[int, int] | None:
+    size = params.image_size
+    return None if size is None else (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _load_imagefolder(params: PrepareParams) -> RawDataset:
+    x, y, classes = read_images(Path(params.path or ""), params.color, image_size(params))
+    return RawDataset(x=x, y=y, scale=255.0, classes=classes)
+
+
+def _load_csv(params: PrepareParams) -> RawDataset:
+    x, y, classes = read_csv(Path(params.path or ""), params.label_column)
+    return RawDataset(x=x, y=y, scale=1.0, classes=classes)
+
+
 LOADERS: dict[str, Callable[[PrepareParams], RawDataset]] = {
     "digits": _load_digits,
     "fashion-mnist": _load_fashion_mnist,
     "npz": _load_npz,
+    "imagefolder": _load_imagefolder,
+    "csv": _load_csv,
 }
 
 
@@ -145,6 +169,9 @@ def source_files(params: PrepareParams) -> list[Path]:
     if params.dataset == "fashion-mnist":
         root = Path(params.path) if params.path else FASHION_MNIST_DIR
         return [find_idx(root, s) for s in FASHION_MNIST_FILES]
+    if params.dataset == "imagefolder":
+        root = Path(params.path or "")
+        return [p for files in image_files(root).values() for p in files]
     path = Path(params.path or "")
     if params.dataset == "text":
         from shrinkflow.data.text import pretrained_dir, tokenizer_files
@@ -156,8 +183,9 @@ def source_files(params: PrepareParams) -> list[Path]:
         root = pretrained_dir()
         return [path, *tokenizer_files(root), root / "model.safetensors"]
     if not path.is_file():
-        raise ShrinkflowError(f"prepare.path: {path} not found; give an .npz file with "
-                              "arrays x and y (or `shrinkflow data add FILE`)")
+        want = ("a CSV file with a header" if params.dataset == "csv" else
+                "an .npz file with arrays x and y (or `shrinkflow data add FILE`)")
+        raise ShrinkflowError(f"prepare.path: {path} not found; give {want}")
     return [path]
 
 
@@ -170,5 +198,12 @@ def source_fingerprint(params: PrepareParams) -> str:
 
     h = hashlib.sha256(params.dataset.encode())
     for f in source_files(params):
+        if params.dataset == "imagefolder":  # the class is the folder: names count
+            h.update(f.relative_to(params.path).as_posix().encode())
         h.update(path_sha256(f).encode())
     return h.hexdigest()
+
+
+def num_classes(params: PrepareParams) -> int:
+    """K of a file source (reads its labels)."""
+    return int(load(params).y.max()) + 1

@@ -75,7 +75,9 @@ def check_inputs(x: np.ndarray, where: str, ndims: tuple[int, ...] = (3, 4)) -> 
         raise ShrinkflowError(f"{where}: x is empty (shape {x.shape}); give at least one example")
     if x.ndim not in ndims:
         want = " or ".join(f"{n}-d" for n in ndims)
-        raise ShrinkflowError(f"{where}: x must be {want} (N,H,W or N,C,H,W); got shape {x.shape}")
+        forms = "N,F features, " if 2 in ndims else ""
+        raise ShrinkflowError(f"{where}: x must be {want} ({forms}N,H,W or N,C,H,W); got shape "
+                              f"{x.shape}")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise ShrinkflowError(f"{where}: x must be numeric (got {x.dtype})")
     if np.issubdtype(x.dtype, np.floating):
@@ -131,7 +133,140 @@ def read_npz(path: str | Path, names: tuple[str, ...] = ("x", "y")) -> dict[str,
         raise ShrinkflowError(f"{path}: not a readable .npz file ({type(exc).__name__}: "
                               f"{exc})") from None
     if "x" in arrays:
-        check_inputs(arrays["x"], str(path))
+        check_inputs(arrays["x"], str(path), ndims=(2, 3, 4))
     if "y" in arrays:
         check_labels(arrays["y"], str(path), len(arrays["x"]) if "x" in arrays else None)
     return arrays
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_files(root: Path) -> dict[str, list[Path]]:
+    """Class name -> its image files, for a directory of class subfolders (sorted).
+
+    Refused with one line: a missing directory, an image outside a class folder (no
+    label), a class folder without images, a single class.
+    """
+    if not root.is_dir():
+        raise ShrinkflowError(f"prepare.path: {root} is not a directory; give a directory of "
+                              "class subfolders holding PNG/JPEG images")
+    stray = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if stray:
+        raise ShrinkflowError(f"{stray[0]}: image outside a class folder (missing label); move "
+                              "each image into the subfolder named after its class")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    out: dict[str, list[Path]] = {}
+    for d in classes:
+        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ShrinkflowError(f"{d}: class folder without PNG/JPEG images; add images or "
+                                  "remove the folder")
+        out[d.name] = files
+    if len(out) < 2:
+        found = f"only {next(iter(out))!r}" if out else "none"
+        raise ShrinkflowError(f"{root}: a single class folder ({found}); a classifier needs "
+                              "at least two class subfolders")
+    return out
+
+
+def read_image(path: Path, color: str, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 (C, H, W), converted to ``color`` and resized to ``size`` (H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if color == "grayscale" else "RGB")
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            a = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ShrinkflowError(f"{path}: unreadable image ({type(exc).__name__}: "
+                              f"{str(exc)[:120]}); replace or remove it") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def read_images(root: Path, color: str, size: tuple[int, int] | None
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A directory of class subfolders as (x uint8 (N, C, H, W), y, class names); images
+    of different sizes are refused unless ``size`` resizes them all."""
+    files = image_files(root)
+    xs, ys, first = [], [], None
+    for label, (_, paths) in enumerate(files.items()):
+        for p in paths:
+            a = read_image(p, color, size)
+            if first is None:
+                first = (p, a.shape)
+            elif a.shape != first[1]:
+                raise ShrinkflowError(f"{p}: image size {a.shape[2]}x{a.shape[1]} differs from "
+                                      f"{first[1][2]}x{first[1][1]} ({first[0].name}); set "
+                                      "prepare.image_size to resize every image")
+            xs.append(a)
+            ys.append(label)
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), list(files)
+
+
+def read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A CSV with a header as (x float32 (N, F), y, class names).
+
+    Feature columns must be numbers (NaN, empty cells and text are refused naming the
+    column and row); every row needs a label. Labels that are all integers 0..K-1 keep
+    their value; other labels become 0..K-1 in sorted order (the names are the classes).
+    """
+    import csv
+
+    if not path.is_file():
+        raise ShrinkflowError(f"prepare.path: {path} not found; give a CSV file with a header")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ShrinkflowError(f"{path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise ShrinkflowError(f"{path}: needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    if label_column not in header:
+        raise ShrinkflowError(f"{path}: no column {label_column!r} (columns: "
+                              f"{', '.join(header[:8])}{' …' if len(header) > 8 else ''}); set "
+                              "prepare.label_column")
+    li = header.index(label_column)
+    features = [i for i in range(len(header)) if i != li]
+    if not features:
+        raise ShrinkflowError(f"{path}: no feature columns beside {label_column!r}")
+    x = np.empty((len(rows) - 1, len(features)), dtype=np.float32)
+    labels: list[str] = []
+    for r, row in enumerate(rows[1:], start=2):  # line numbers as an editor shows them
+        if len(row) != len(header):
+            raise ShrinkflowError(f"{path}: line {r} has {len(row)} fields, the header "
+                                  f"{len(header)}")
+        label = row[li].strip()
+        if not label:
+            raise ShrinkflowError(f"{path}: column {label_column!r} is empty at line {r} "
+                                  "(missing label); label every row")
+        labels.append(label)
+        for j, i in enumerate(features):
+            cell = row[i].strip()
+            try:
+                v = float(cell)
+            except ValueError:
+                what = "empty" if not cell else f"{cell[:20]!r} is not a number"
+                raise ShrinkflowError(f"{path}: column {header[i]!r} at line {r}: {what}; "
+                                      "feature columns must be numbers") from None
+            if not np.isfinite(v):
+                raise ShrinkflowError(f"{path}: column {header[i]!r} holds NaN/Inf at line "
+                                      f"{r}; clean or drop those rows")
+            x[r - 2, j] = v
+    names = sorted(set(labels))
+    if all(n.lstrip("-").isdigit() for n in names):
+        y = np.asarray([int(v) for v in labels], dtype=np.int64)
+        check_labels(y, f"{path}: column {label_column!r}", len(x))
+        classes = [str(c) for c in range(int(y.max()) + 1)]
+    else:
+        if len(names) < 2:
+            raise ShrinkflowError(f"{path}: column {label_column!r} has a single class "
+                                  f"({names[0]!r}); a classifier needs at least two")
+        index = {n: k for k, n in enumerate(names)}
+        y = np.asarray([index[v] for v in labels], dtype=np.int64)
+        classes = names
+    return x, y, classes

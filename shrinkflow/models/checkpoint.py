@@ -16,21 +16,24 @@ from torch import nn
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.files import atomic_path, file_sha256
 from shrinkflow.core.records import ModelArtifact
-from shrinkflow.models.cnn import ArchParams, build_model, count_params
+from shrinkflow.models.cnn import count_params
 from shrinkflow.models.qat import prepare_qat
+from shrinkflow.models.spec import build, parse_spec, reshape_to, spec_info
 
 CHECKPOINT_FORMAT = "shrinkflow.checkpoint/1"
 
 
-def save_checkpoint(model: nn.Module, arch: ArchParams, path: str | Path, **info: Any) -> str:
+def save_checkpoint(model: nn.Module, arch: Any, path: str | Path, **info: Any) -> str:
     """Write a weights-only checkpoint atomically; return its sha256.
 
-    ``info`` holds primitives describing how the model was made (input_shape,
-    num_classes, norm, step, config, parent, masks, history, ...).
+    ``arch`` is the model's spec (CNN, MLP or factory; see ``models.spec``); a factory
+    model's checkpoint also stores its source file's sha256. ``info`` holds primitives
+    describing how the model was made (input_shape, num_classes, norm, step, config,
+    parent, masks, history, ...).
     """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "arch": arch.model_dump(mode="json"),
-               "state_dict": state, **info}
+               "state_dict": state, **spec_info(arch), **info}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return file_sha256(path)
@@ -58,13 +61,14 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         from shrinkflow.models.text import encoder_from_checkpoint
 
         return encoder_from_checkpoint(ckpt), ckpt
-    arch = ArchParams.model_validate(ckpt["arch"])
-    model: nn.Module = build_model(arch, tuple(ckpt["input_shape"]), int(ckpt["num_classes"]))
+    arch = parse_spec(ckpt["arch"])
+    model: nn.Module = build(arch, tuple(ckpt["input_shape"]), int(ckpt["num_classes"]))
     if ckpt.get("qat"):
         qat = ckpt["qat"]
         # Checkpoints from before weight_bits was recorded used 7-bit weights.
         model = prepare_qat(model, per_channel=bool(qat["per_channel"]),
                             weight_bits=int(qat.get("weight_bits", 7)))
+    reshape_to(model, ckpt["state_dict"])  # a structurally pruned factory model
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt

@@ -140,11 +140,76 @@ SUPPORTED = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Linear, nn.Fla
              nn.AdaptiveAvgPool2d, nn.Identity)
 
 
+class QATRefused(ValueError):
+    """The model has a layer quantization-aware training does not know."""
+
+
+def _is_cnn(model: nn.Module) -> bool:
+    from shrinkflow.models.cnn import CNN
+
+    return isinstance(model, CNN)
+
+
+def _leaves(module: nn.Module, prefix: str = "") -> list[nn.Module]:
+    """The layers of a purely sequential stack, in order (nested ``nn.Sequential``s
+    flattened); a module with its own ``forward`` that is not a known layer is refused."""
+    from shrinkflow.models.cnn import Dropout
+
+    if type(module).forward is nn.Sequential.forward:
+        out: list[nn.Module] = []
+        for name, child in module.named_children():
+            out += _leaves(child, f"{prefix}.{name}" if prefix else name)
+        return out
+    if isinstance(module, (*SUPPORTED, nn.Dropout, Dropout)):
+        return [module]
+    for name, child in module.named_children():  # name the innermost unknown layer
+        _leaves(child, f"{prefix}.{name}" if prefix else name)
+    where = f"layer {prefix!r}" if prefix else "the model"
+    raise QATRefused(f"{where} ({type(module).__name__}) has its own forward; QAT knows "
+                     f"sequential stacks of {', '.join(c.__name__ for c in SUPPORTED)}, "
+                     "Dropout: use quantize dynamic or static (ONNX Runtime) instead")
+
+
+def qat_refusal(model: nn.Module) -> str | None:
+    """None when :func:`prepare_qat` knows every layer of ``model``; else why not (one
+    line naming the layer)."""
+    if isinstance(model, QATModel) or _is_cnn(model):
+        return None
+    try:
+        _leaves(model)
+    except QATRefused as exc:
+        return str(exc)
+    return None
+
+
+def _prepare_sequential(model: nn.Module, per_channel: bool, weight_bits: int) -> QATModel:
+    """A sequential stack (e.g. an MLP): fake-quant on the input, every conv/linear weight,
+    after every ReLU/max-pool and before every linear layer."""
+    out: list[nn.Module] = [ActFakeQuant()]
+    for m in _fold_bn(_leaves(model)):
+        if isinstance(m, nn.Conv2d):
+            if not isinstance(out[-1], ActFakeQuant):
+                out.append(ActFakeQuant())
+            out.append(QConv2d(m, per_channel, weight_bits))
+        elif isinstance(m, nn.Linear):
+            if not isinstance(out[-1], ActFakeQuant):
+                out.append(ActFakeQuant())
+            out.append(QLinear(m, per_channel, weight_bits))
+        elif isinstance(m, nn.ReLU | nn.MaxPool2d):
+            out += [m, ActFakeQuant()]
+        else:
+            out.append(m)
+    return QATModel(nn.Sequential(*out), nn.Identity(), nn.Sequential())
+
+
 def prepare_qat(model: nn.Module, per_channel: bool = True, weight_bits: int = 7) -> QATModel:
     """Fold BatchNorm, then insert int8 fake-quant on the input, on every conv/linear
-    weight, and after every ReLU and before every linear layer."""
+    weight, and after every ReLU and before every linear layer. The CNN, or any purely
+    sequential stack of the layers in ``SUPPORTED`` (else :class:`QATRefused`)."""
     if isinstance(model, QATModel):
         return model
+    if not _is_cnn(model):
+        return _prepare_sequential(model, per_channel, weight_bits)
     feats: list[nn.Module] = [ActFakeQuant()]
     for m in _fold_bn(list(model.features)):
         if isinstance(m, nn.Conv2d):

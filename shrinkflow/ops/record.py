@@ -29,7 +29,7 @@ from shrinkflow.ops import registry, tracking, versioning
 from shrinkflow.ops.provenance import environment
 from shrinkflow.ops.tracking import TAG, RunRef
 from shrinkflow.plan.params import Params
-from shrinkflow.plan.plan import TARGET, Plan
+from shrinkflow.plan.plan import TARGET, Plan, PlanStep
 from shrinkflow.plan.store import StepRecord
 from shrinkflow.steps.validate import accuracy_key, latency_values, read_latency
 
@@ -236,8 +236,14 @@ def chain_entries(plan: Plan, records: dict[str, StepRecord], name: str) -> list
                                  config_hash=step.config.config_hash(), key=rec.key,
                                  seconds=rec.seconds, worker=rec.worker,
                                  machine_id=rec.machine.get("id", ""), threads=rec.threads,
-                                 **hashes))
+                                 **hashes, **_model_sources(step)))
     return out
+
+
+def _model_sources(step: PlanStep) -> dict[str, Any]:
+    """Where a step's model came from beyond its config: a factory's source sha256, the
+    registered version (and checkpoint sha256) a transferred teacher started from."""
+    return {k: step.extra[k] for k in ("factory_sha256", "init_from") if k in step.extra}
 
 
 def build_lineage(plan: Plan, records: dict[str, StepRecord], name: str, parent_run: str | None,

@@ -103,6 +103,10 @@ def run_step(step: PlanStep, upstream: dict[str, StepRecord], store_root: str,
     its key is there (unless ``force``), else compute it with ``threads`` intra-op threads
     and commit it."""
     env.setup()
+    from shrinkflow.models.spec import add_import_root
+
+    # Model factories are imported from the workspace (<root>/.shrinkflow/store).
+    add_import_root(Path(store_root).resolve().parents[1])
     store = Store(store_root)
     key = cache_key(step, upstream)
     hit = None if force else store.get(key)

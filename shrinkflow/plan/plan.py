@@ -11,6 +11,7 @@ input recomputes exactly what depends on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 from shrinkflow.core import machine
 from shrinkflow.core.codehash import code_hash
 from shrinkflow.core.config import Section, stable_hash
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.files import file_sha256
 from shrinkflow.data.sources import source_fingerprint
+from shrinkflow.models.spec import FactorySpec, add_import_root, factory_sha256
 from shrinkflow.plan.params import Params
 from shrinkflow.steps import base as steps
 from shrinkflow.steps.convert import ConvertStep
@@ -148,7 +152,10 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
     data = b.add("prepare", "prepare", "", prepare, {}, "prepare",
                  {"source": source or source_fingerprint(prepare),
                   "config": params.prepare.model_copy(update={"path": None}).config_hash()})
-    teacher = b.add("teacher:train", "train", "teacher", params.train, {"data": data}, "train")
+    add_import_root(root)  # model factories are imported from the workspace
+    train, init = resolve_init(params, root)
+    teacher = b.add("teacher:train", "train", "teacher", train, {"data": data}, "train",
+                    init or _model_code(params.train.model))
     chains: dict[str, list[str]] = {"teacher": [teacher]}
     checkpoints: dict[str, str] = {"teacher": teacher}
     models: dict[str, ModelPlan] = {}
@@ -165,7 +172,8 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
                 step = resolve_weight_bits(step, int8_dot)
                 is_q = True
             current = b.add(f"{name}:{step.kind}", step.kind, name, step,
-                            {"data": data, "model": current}, f"compress@{name}")
+                            {"data": data, "model": current}, f"compress@{name}",
+                            _model_code(getattr(step, "student", None)))
             chain.append(current)
         chains[name], checkpoints[name] = chain, current
         quantized[name] = is_q or variant.onnx_quantize is not None
@@ -233,6 +241,45 @@ def build_plan(params: Params, root: str | Path, source: str | None = None) -> P
             validation=validate_ids[name], quantized=quantized[name])
     return Plan(params=params, steps=b.steps, models=models, latency=latency_ids,
                 outputs=outputs, machine=fingerprint)
+
+
+# Resolves ``models:/NAME@ALIAS`` to {path, sha256, name, version, run_id}: registered by
+# the ops layer (MLflow lives there), see shrinkflow.ops.transfer.
+ModelResolver = Callable[[str, Path, Params], dict[str, Any]]
+_MODEL_RESOLVER: list[ModelResolver] = []
+
+
+def register_model_resolver(fn: ModelResolver) -> None:
+    _MODEL_RESOLVER[:] = [fn]
+
+
+def resolve_init(params: Params, root: str | Path) -> tuple[Section, dict[str, Any]]:
+    """``train`` with ``init_from`` resolved to a local checkpoint, and what the teacher's
+    cache key and lineage record about the source (its sha256; for a registered model
+    also its name, version and run)."""
+    uri = params.train.init_from
+    if not uri:
+        return params.train, {}
+    if uri.startswith("models:/"):
+        if not _MODEL_RESOLVER:
+            raise ShrinkflowError(f"train.init_from {uri}: registered models are resolved "
+                                  "through the tracking store (import shrinkflow.ops)")
+        info = _MODEL_RESOLVER[0](uri, Path(root), params)
+    else:
+        path = Path(uri).expanduser()
+        path = path if path.is_absolute() else Path(root) / path
+        if not path.is_file():
+            raise ShrinkflowError(f"train.init_from: {path} not found; give models:/NAME@ALIAS "
+                                  "or a shrinkflow checkpoint (.pt)")
+        info = {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    train = params.train.model_copy(update={"init_checkpoint": info["path"]})
+    return train, {"init_from": {"uri": uri, **{k: v for k, v in info.items() if k != "path"}}}
+
+
+def _model_code(spec) -> dict[str, str]:
+    """A factory model's source file sha256, for the cache key of the step that builds it
+    (later steps see it through the checkpoint, which stores it)."""
+    return {"factory_sha256": factory_sha256(spec)} if isinstance(spec, FactorySpec) else {}
 
 
 def _calibration_size(params: Params, name: str) -> int:

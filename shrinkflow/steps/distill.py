@@ -12,7 +12,8 @@ from shrinkflow.core.config import Section
 from shrinkflow.core.records import DataArtifact, ModelArtifact
 from shrinkflow.data.prepare import load_prepared
 from shrinkflow.models.checkpoint import load_checkpoint
-from shrinkflow.models.cnn import ArchParams, build_model
+from shrinkflow.models.cnn import ArchParams
+from shrinkflow.models.spec import ModelSpec, build
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import FitParams, derive, fit, fit_config_for, predict_logits
 
@@ -21,7 +22,8 @@ class DistillStep(Section):
     """Train a (smaller) student on the parent model's outputs."""
 
     kind: Literal["distill"] = "distill"
-    student: ArchParams = Field(default_factory=lambda: ArchParams(blocks=[[8], [16]]))
+    # A CNN (default), {kind: mlp, ...} or {factory: "pkg.mod:fn", kwargs: {...}}.
+    student: ModelSpec = Field(default_factory=lambda: ArchParams(blocks=[[8], [16]]))
     # hard: teacher's argmax as labels; soft: KL on T-softened logits (x T^2);
     # mixed: alpha * soft + (1 - alpha) * cross-entropy on the true labels.
     loss: Literal["hard", "soft", "mixed"] = "mixed"
@@ -56,7 +58,7 @@ def run(config: DistillStep, ctx: Context, data: DataArtifact, model: ModelArtif
     """Train ``student`` from scratch on the parent's logits (and the labels)."""
     teacher, _ = load_checkpoint(model.path)
     splits = load_prepared(data.path)
-    student = build_model(config.student, splits.input_shape, splits.num_classes,
+    student = build(config.student, splits.input_shape, splits.num_classes,
                           seed=config.fit.seed)
     cfg = fit_config_for(config.fit, ctx.threads)
     # Without augmentation the teacher sees the same inputs every epoch: compute once.

@@ -10,7 +10,7 @@ from shrinkflow.core.config import Section
 from shrinkflow.core.records import DataArtifact, ModelArtifact
 from shrinkflow.data.prepare import load_prepared
 from shrinkflow.models.checkpoint import load_checkpoint
-from shrinkflow.models.cnn import ArchParams
+from shrinkflow.models.spec import parse_spec
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import FitParams, derive, fit, fit_config_for, load_masks
 
@@ -31,6 +31,6 @@ def run(config: FinetuneStep, ctx: Context, data: DataArtifact, model: ModelArti
     masks = load_masks(ckpt)
     result = fit(net, splits, fit_config_for(config.fit, ctx.threads), masks=masks,
                  desc=f"{ctx.model}:finetune")
-    return derive(model, net, ArchParams.model_validate(ckpt["arch"]), config,
+    return derive(model, net, parse_spec(ckpt["arch"]), config,
                   ctx.out_dir / "model.pt", data, splits, masks=masks, qat=ckpt.get("qat"),
                   summary=result.summary(), history=result.history)

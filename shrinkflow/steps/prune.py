@@ -22,6 +22,7 @@ from shrinkflow.core.records import DataArtifact, ModelArtifact
 from shrinkflow.data.prepare import load_prepared
 from shrinkflow.models.checkpoint import load_checkpoint
 from shrinkflow.models.cnn import ArchParams, arch_of
+from shrinkflow.models.spec import output_layer, parse_spec
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import FitParams, apply_masks, derive, fit, fit_config_for, load_masks
 
@@ -51,7 +52,7 @@ def prunable(model: nn.Module) -> dict[str, nn.Parameter]:
     """Weights of conv and linear layers (biases and BatchNorm are never pruned)."""
     out = {}
     for mod_name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
+        if isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
             out[f"{mod_name}.weight"] = module.weight
     return out
 
@@ -136,8 +137,8 @@ def structured_prune(model: nn.Module, amount: float, input_shape: tuple[int, ..
     """
     import torch_pruning as tp
 
-    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     example = torch.zeros((1, *input_shape))
+    classifier = output_layer(model, example)
     importance = tp.importance.MagnitudeImportance(p=norm)
     pruner = tp.pruner.MetaPruner(
         model, example, importance=importance, pruning_ratio=amount,
@@ -180,7 +181,7 @@ def run(config: PruneStep, ctx: Context, data: DataArtifact, model: ModelArtifac
         raise ShrinkflowError("prune: the parent is a quantization-aware model; prune "
                               "before quantize (qat) in the chain")
     splits = load_prepared(data.path)
-    arch = ArchParams.model_validate(ckpt["arch"])
+    arch = parse_spec(ckpt["arch"])
     masks = load_masks(ckpt)
     cfg = fit_config_for(step.fit, ctx.threads)
     torch.set_num_threads(ctx.threads)
@@ -205,7 +206,8 @@ def run(config: PruneStep, ctx: Context, data: DataArtifact, model: ModelArtifac
             fit(net, splits, cfg, masks=masks, desc=f"{ctx.model}:prune cycle {i + 1}")
         log.info("%s:prune %s: cycle %d/%d, sparsity %.3f", ctx.model, step.method, i + 1,
                  len(amounts), sparsity(net))
-    if step.method == "structured":
+    if step.method == "structured" and isinstance(arch, ArchParams):
+        # (any other model is rebuilt from its spec and reshaped to its stored weights)
         arch = arch_of(net, arch)
     return derive(model, net, arch, step, ctx.out_dir / "model.pt", data, splits, masks=masks,
                   summary={"sparsity": sparsity(net)})

@@ -28,8 +28,8 @@ from shrinkflow.core.files import file_sha256
 from shrinkflow.core.records import DataArtifact, ExportArtifact, ModelArtifact
 from shrinkflow.data.prepare import load_prepared, load_raw
 from shrinkflow.models.checkpoint import load_checkpoint
-from shrinkflow.models.cnn import ArchParams
-from shrinkflow.models.qat import QATModel, prepare_qat
+from shrinkflow.models.qat import QATModel, prepare_qat, qat_refusal
+from shrinkflow.models.spec import parse_spec
 from shrinkflow.steps.base import Context, step
 from shrinkflow.steps.fit import FitParams, derive, fit, fit_config_for, load_masks
 from shrinkflow.targets import onnxruntime as ort_target
@@ -108,13 +108,16 @@ def _qat(config: QuantizeStep, ctx: Context, data: DataArtifact, model: ModelArt
     net, ckpt = load_checkpoint(model.path)
     if isinstance(net, QATModel):
         raise ShrinkflowError("quantize qat: the parent is already quantization-aware")
+    why = qat_refusal(net)
+    if why:
+        raise ShrinkflowError(f"quantize qat: {why}")
     splits = load_prepared(data.path)
     torch.set_num_threads(ctx.threads)
     qmodel = prepare_qat(net, per_channel=config.per_channel, weight_bits=config.bits())
     masks = _rename_masks(load_masks(ckpt), qmodel)
     result = fit(qmodel, splits, fit_config_for(config.fit, ctx.threads), masks=masks,
                  desc=f"{ctx.model}:qat")
-    return derive(model, qmodel, ArchParams.model_validate(ckpt["arch"]), config,
+    return derive(model, qmodel, parse_spec(ckpt["arch"]), config,
                   ctx.out_dir / "model.pt", data, splits, masks=masks,
                   qat={"per_channel": config.per_channel, "weight_bits": config.bits()},
                   summary=result.summary(), history=result.history)

@@ -29,7 +29,7 @@ GOOD_Y = np.arange(30) % 3
     (np.zeros((0, 4, 4)), np.zeros(0, np.int64), "x is empty"),
     (GOOD_X, GOOD_Y[:10], "x has 30 examples but y has 10"),
     (GOOD_X, GOOD_Y + 0.5, "integer class labels"),
-    (np.zeros((30, 4)), GOOD_Y, "must be 3-d or 4-d"),
+    (np.zeros((30, 1, 4, 4, 1)), GOOD_Y, "must be 2-d or 3-d or 4-d"),  # (N,F) features are fine
 ])
 def test_bad_arrays_are_refused_in_one_line(tmp_path, x, y, message):
     f = _npz(tmp_path / "d.npz", x=x, y=y)
