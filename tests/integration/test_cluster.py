@@ -106,11 +106,20 @@ def test_steps_run_on_both_workers_and_match_a_local_run(cluster, local_shas, tm
     ws = _workspace(tmp_path / "cluster")
     result = run_pipeline(load_params(ws / "params.yaml"), ws, dask_address=cluster)
     c = mlflow_client(f"sqlite:///{ws / 'mlflow.db'}")
-    workers = set()
+    tagged = set()  # the workers of each model's chain, as its MLflow run names them
     for _name, info in result.models.items():
         tags = c.get_run(info["run_id"]).data.tags
-        workers |= set(filter(None, tags["shrinkflow.workers"].split(",")))
+        tagged |= set(filter(None, tags["shrinkflow.workers"].split(",")))
+    # Every step (chains, conversions, validations, latency) names its worker in its record.
+    from shrinkflow.plan.executor import resolve_cached
+    from shrinkflow.plan.plan import build_plan
+    from shrinkflow.plan.store import Store
+
+    plan = build_plan(load_params(ws / "params.yaml"), ws)
+    records = resolve_cached(plan, Store(ws / ".shrinkflow" / "store"), plan.steps)
+    workers = {r.worker for r in records.values()}
     assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
+    assert tagged <= workers
 
     assert _shas(ws) == local_shas and len(local_shas) == 5
 
