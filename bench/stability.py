@@ -150,7 +150,7 @@ def main() -> int:
                       f"A LocalCluster of 2 processes is ready in {result['cluster_start_s']} s "
                       "(measured alone).", "",
                       "| workers | exit | wall s | compute s | steps' own s | Prefect API s | "
-                      "MLflow s | DVC s | registry s | report s |", "|---|" * 10 + "|"]
+                      "MLflow s | DVC s | registry s | report s |", "|" + "---|" * 10]
             for r in rows:
                 t = r["timing"]
                 lines.append(f"| {r['workers']} | {r['exit']} | {r['wall_s']} | "
