@@ -74,7 +74,7 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
     """Publish, decide (per target), record in DVC and MLflow, register and promote (per
     target), report."""
     params = plan.params
-    decisions = rec.decide(plan, records)
+    decisions = rec.decide(plan, records, str(ws.state_dir))
     results, decision = decisions[TARGET]
     teacher_failed = [f"teacher: {r}" for r in decision.verdicts["teacher"].reasons]
     recordable = record.dvc_recordable(params, ws) is None and not teacher_failed
@@ -125,6 +125,7 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
                    rejected={n: list(v.reasons) for n, v in decision.verdicts.items()
                              if not v.passed},
                    registered_version=versions.get(TARGET), timing=timing,
+                   speed_kept=record.kept_outcomes(decision),
                    promotion=promotion.model_dump() if promotion else {}, report=str(md),
                    targets={t: record.target_summary(t, d, versions.get(t), promotions.get(t))
                             for t, (_, d) in decisions.items() if t != TARGET})

@@ -22,8 +22,9 @@ def start_run(uri: str, experiment: str, artifact_location: str | None,
 
 
 @task(name="decide")
-def decide(plan, records) -> dict[str, tuple[list[ModelResult], Decision]]:
-    return record.decide_all(plan, records)
+def decide(plan, records, state_dir: str | None = None
+           ) -> dict[str, tuple[list[ModelResult], Decision]]:
+    return record.decide_all(plan, records, state_dir)
 
 
 @task(name="dvc-record", retries=1, retry_delay_seconds=2)

@@ -43,8 +43,8 @@ def parity_reasons(values: dict[str, float], max_abs_diff: float, min_top1: floa
 
 
 def gate_reasons(values: dict[str, float], teacher: dict[str, float], accuracy_key: str,
-                 gates: GatesParams, speed_vs_parent: speed.SpeedComparison | None
-                 ) -> list[str]:
+                 gates: GatesParams, speed_vs_parent: speed.SpeedComparison | None,
+                 speed_outcome: speed.GateOutcome | None = None) -> list[str]:
     """Why a model fails the accuracy, speed, size and cost gates (empty: it passes)."""
     reasons = []
     drop = (teacher[accuracy_key] - values[accuracy_key]) * 100
@@ -53,7 +53,7 @@ def gate_reasons(values: dict[str, float], teacher: dict[str, float], accuracy_k
                        f"{gates.max_accuracy_drop_pp:g}")
     if speed_vs_parent is not None:
         why = speed.gate_reason(speed_vs_parent, gates.min_speedup_vs_parent,
-                                "gates.min_speedup_vs_parent")
+                                "gates.min_speedup_vs_parent", speed_outcome)
         if why:
             reasons.append(why)
     if gates.max_size_bytes is not None and values["size_bytes"] > gates.max_size_bytes:

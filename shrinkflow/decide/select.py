@@ -151,13 +151,16 @@ def _fastest(frontier: list[str], results: dict[str, dict[str, float]], samples:
 def decide(models: list[ModelResult], gates: GatesParams, select: SelectParams,
            parity: dict[str, tuple[float, float]], samples: dict | None = None,
            confidence: float = 0.95, target: str = "onnxruntime",
-           accuracy_key: str = "onnx_test_accuracy", resolution: float = 0.0) -> Decision:
+           accuracy_key: str = "onnx_test_accuracy", resolution: float = 0.0,
+           previous: dict[str, bool] | None = None, hysteresis: float = 0.0) -> Decision:
     """Gate every model, find the Pareto frontier of the passing ones, pick by objective.
 
     ``parity`` maps "float" / "quantized" to (max_abs_diff, min_top1_agreement) limits.
     ``samples`` is the latency document's samples (side-by-side rounds). The teacher
     (the first model) is a candidate too: a run whose variants all fail still offers a
-    deployable model.
+    deployable model. ``previous`` maps a model to its speed gate's earlier outcome on
+    the same artifacts and machine (see speed.settle); each verdict's
+    ``speed_vs_parent`` carries the new outcome (``gate_passed``, ``kept``).
     """
     latency_key = f"latency_p50_ms_b{gates.latency_batch}"
     verdicts: dict[str, Verdict] = {}
@@ -175,18 +178,21 @@ def decide(models: list[ModelResult], gates: GatesParams, select: SelectParams,
         section = "validate.quantized_gates" if m.quantized else "validate.gates"
         limits = parity["quantized" if m.quantized else "float"]
         reasons = parity_reasons(m.values, *limits, section)
-        comparison = None
+        comparison, outcome = None, None
         if m.parent is not None and samples is not None and m.parent in samples \
                 and m.name in samples:
             comparison = speed.compare(samples, m.name, m.parent, gates.latency_batch,
                                        confidence, resolution)
+            outcome = speed.settle(comparison, gates.min_speedup_vs_parent, hysteresis,
+                                   (previous or {}).get(m.name))
         elif m.parent is not None and samples is not None:
             reasons.append(f"its parent {m.parent} has no latency on {target} to compare with")
-        reasons += gate_reasons(m.values, teacher, accuracy_key, gates, comparison)
+        reasons += gate_reasons(m.values, teacher, accuracy_key, gates, comparison, outcome)
         verdicts[m.name] = Verdict(
             name=m.name, parent=m.parent, reasons=tuple(reasons),
             score=objective_score(m.values, teacher, select, latency_key, accuracy_key),
-            speed_vs_parent=comparison.as_dict() if comparison else None)
+            speed_vs_parent={**comparison.as_dict(), "gate_passed": outcome.passed,
+                             "kept": outcome.kept} if comparison and outcome else None)
     verdicts.update(failed)
     passing = {n: results[n] for n, v in verdicts.items() if v.passed}
     frontier = pareto_front(passing, accuracy_key, samples, gates.latency_batch, confidence,

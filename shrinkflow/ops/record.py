@@ -25,7 +25,7 @@ from shrinkflow.core.records import ExportArtifact, ModelArtifact
 from shrinkflow.core.workspace import Workspace
 from shrinkflow.decide.select import Decision, ModelResult, decide, relative_metrics
 from shrinkflow.ops import lineage as lin
-from shrinkflow.ops import registry, tracking, versioning
+from shrinkflow.ops import registry, tracking, verdicts, versioning
 from shrinkflow.ops.provenance import environment
 from shrinkflow.ops.tracking import TAG, RunRef
 from shrinkflow.plan.params import Params
@@ -58,6 +58,8 @@ class Outcome(BaseModel):
     # Where the wall time went (seconds): compute (the executor), each record-keeping
     # part, and the sum of the steps' own times.
     timing: dict[str, float] = Field(default_factory=dict)
+    # Models whose speed gate kept its remembered outcome (see ops.verdicts).
+    speed_kept: list[str] = Field(default_factory=list)
     # The other targets: selected, rejected, registered version and promotion of each.
     targets: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -98,21 +100,50 @@ def model_results(plan: Plan, records: dict[str, StepRecord], target: str = TARG
     return out
 
 
-def decide_run(plan: Plan, records: dict[str, StepRecord], target: str = TARGET) -> Decision:
+def speed_keys(plan: Plan, records: dict[str, StepRecord], target: str = TARGET
+               ) -> dict[str, str]:
+    """model -> the key of its speed gate's (model, parent) pair on ``target`` (see
+    ops.verdicts): both artifacts, the gate and the machine that measured them."""
+    v, gates = plan.params.validate_, plan.params.gates
+    machine_id = latency_doc(plan, records, target).get("machine", {}).get("id", "")
+    out = {}
+    for name, mp in plan.models.items():
+        if mp.parent is None:
+            continue
+        mine = records[mp.exports[target]].output()
+        theirs = records[plan.models[mp.parent].exports[target]].output()
+        out[name] = verdicts.pair_key(target, gates.latency_batch, gates.min_speedup_vs_parent,
+                                      v.resolution, getattr(mine, "sha256", ""),
+                                      getattr(theirs, "sha256", ""), machine_id)
+    return out
+
+
+def decide_run(plan: Plan, records: dict[str, StepRecord], target: str = TARGET,
+               previous: dict[str, bool] | None = None) -> Decision:
     p = plan.params
     v = p.validate_
     parity = {"float": (v.gates.max_abs_diff, v.gates.min_top1_agreement),
               "quantized": (v.quantized_gates.max_abs_diff, v.quantized_gates.min_top1_agreement)}
     return decide(model_results(plan, records, target), p.gates, p.select, parity,
                   latency_doc(plan, records, target)["samples"], v.confidence, target,
-                  accuracy_key(target), v.resolution)
+                  accuracy_key(target), v.resolution, previous, v.hysteresis)
 
 
-def decide_all(plan: Plan, records: dict[str, StepRecord]
+def decide_all(plan: Plan, records: dict[str, StepRecord], state_dir: str | Path | None = None
                ) -> dict[str, tuple[list[ModelResult], Decision]]:
-    """Results and decision of every target (the default first)."""
-    return {t: (model_results(plan, records, t), decide_run(plan, records, t))
-            for t in plan.params.target_names}
+    """Results and decision of every target (the default first). With ``state_dir``, the
+    speed gates remember their outcomes there (ops.verdicts): re-measuring unchanged
+    artifacts on the same machine does not flip a verdict on noise."""
+    entries = verdicts.load(state_dir) if state_dir is not None else {}
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = {}
+    for t in plan.params.target_names:
+        keys = speed_keys(plan, records, t)
+        decision = decide_run(plan, records, t, verdicts.previous(entries, keys))
+        if state_dir is not None:
+            verdicts.remember(state_dir, keys, decision, when)
+        out[t] = (model_results(plan, records, t), decision)
+    return out
 
 
 def target_values(decisions: dict[str, tuple[list[ModelResult], Decision]]
@@ -509,11 +540,19 @@ def environment_info() -> dict[str, str]:
     return environment()
 
 
+def kept_outcomes(decision: Decision) -> list[str]:
+    """Models whose speed gate kept its remembered outcome (this measurement alone would
+    have decided the other way, by less than validate.hysteresis)."""
+    return sorted(n for n, v in decision.verdicts.items()
+                  if (v.speed_vs_parent or {}).get("kept"))
+
+
 def target_summary(target: str, decision: Decision, version: str | None,
                    promotion: registry.Promotion | None) -> dict[str, Any]:
     return {"selected": decision.selected, "selection": decision.why,
             "rejected": {n: list(v.reasons) for n, v in decision.verdicts.items()
                          if not v.passed},
+            "speed_kept": kept_outcomes(decision),
             "registered_version": version,
             "promotion": promotion.model_dump() if promotion else {}}
 

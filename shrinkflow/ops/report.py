@@ -18,7 +18,8 @@ def _speed(verdict) -> str:
         return "-"
     i = stats.Interval(c["speedup_estimate"], c["speedup_low"], c["speedup_high"],
                        c["speedup_confidence"], int(c["speedup_n"]))
-    return f"{c['verdict']}: {stats.describe(i)}"
+    kept = " (earlier outcome kept: within validate.hysteresis)" if c.get("kept") else ""
+    return f"{c['verdict']}: {stats.describe(i)}{kept}"
 
 
 def target_section(results: list[ModelResult], decision: Decision,

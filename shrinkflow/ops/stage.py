@@ -129,7 +129,7 @@ def run_stage(ws: Workspace, stage: str, variant: str | None = None) -> list[str
         records = execute(plan, ws, wanted, known=known)
         written = publish(plan, records, ws, outputs) if outputs else []
         if stage == "validate":
-            decisions = record.decide_all(plan, records)
+            decisions = record.decide_all(plan, records, ws.state_dir)
             written += [ws.relative(p) for p in record.write_metrics(ws, plan, records, decisions)]
             teacher = decisions[TARGET][1].verdicts["teacher"]
             if not teacher.passed:

@@ -66,6 +66,10 @@ class ValidateParams(Section):
     # Speed differences inside this fraction are never called: the run-to-run variation
     # on one machine that one run's interval cannot show (see README, measured there).
     resolution: float = Field(0.02, ge=0, lt=0.5)
+    # A speed gate remembers its outcome per (model, parent, machine); a re-measurement
+    # of the same artifacts overturns it only when decisive by this much (see
+    # decide.speed.settle), so a speed-up that sits on the threshold cannot flip.
+    hysteresis: float = Field(0.04, ge=0, lt=0.5)
     # Conversion parity of float models: the runtime against the same torch model.
     gates: ValidateGates = Field(default_factory=ValidateGates)
     # int8 models (ORT-quantized against their float torch model, or QAT): int8 rounding
