@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def clone(tmp: Path, name: str) -> Path:
@@ -76,10 +77,22 @@ def cold_runs(n: int, tmp: Path, extra: list[str]) -> list[dict]:
         code, wall, doc, err = shrinkflow_run(ws, *extra, env=env)
         rows.append({"run": i + 1, "exit": code, "wall_s": round(wall, 1),
                      "timing": doc.get("timing", {}), "selected": doc.get("selected"),
-                     "error": err.strip().splitlines()[-1] if code else ""})
+                     "error": err.strip().splitlines()[-1] if code else "", **dag(ws)})
         print(f"cold run {i + 1}/{n}: exit {code}, {wall:.0f} s", flush=True)
         shutil.rmtree(ws, ignore_errors=True)
     return rows
+
+
+def dag(ws: Path) -> dict:
+    """The parallel phase (every step but the latency measurements, which run alone),
+    from the step store: its span and the steps' own seconds in it."""
+    from gantt import steps
+
+    rows = [r for r in steps(ws) if r["kind"] != "latency"]
+    if not rows:
+        return {}
+    span = max(r["end"] for r in rows) - min(r["start"] for r in rows)
+    return {"dag_span_s": round(span, 1), "dag_busy_s": round(sum(r["seconds"] for r in rows), 1)}
 
 
 def cluster_start() -> float:
@@ -145,10 +158,12 @@ def main() -> int:
             result["cold"] = rows
             failures = sum(r["exit"] != 0 for r in rows)
             lines += [f"## Cold runs: {failures} failure(s) in {len(rows)}", "",
-                      "| run | exit | wall s | compute s | steps' own s | selected | error |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| run | exit | wall s | compute s | steps' own s | parallel phase s "
+                      "(steps' own s in it) | selected | error |",
+                      "|---|---|---|---|---|---|---|---|"]
             lines += [f"| {r['run']} | {r['exit']} | {r['wall_s']} | "
                       f"{r['timing'].get('compute', '-')} | {r['timing'].get('steps_own', '-')} | "
+                      f"{r.get('dag_span_s', '-')} ({r.get('dag_busy_s', '-')}) | "
                       f"{r['selected']} | {r['error']} |" for r in rows]
             lines.append("")
         if args.workers:
@@ -161,12 +176,15 @@ def main() -> int:
             lines += ["## Worker processes (one cold run each)", "",
                       f"A LocalCluster of 2 processes is ready in {result['cluster_start_s']} s "
                       "(measured alone).", "",
-                      "| workers | exit | wall s | compute s | steps' own s | Prefect API s | "
-                      "MLflow s | DVC s | registry s | report s |", "|" + "---|" * 10]
+                      "| workers | exit | wall s | compute s | steps' own s | parallel phase s "
+                      "(steps' own s in it) | Prefect API s | MLflow s | DVC s | registry s | "
+                      "report s |", "|" + "---|" * 11]
             for r in rows:
                 t = r["timing"]
                 lines.append(f"| {r['workers']} | {r['exit']} | {r['wall_s']} | "
-                             f"{t.get('compute')} | {t.get('steps_own')} | {t.get('prefect_api')} | "
+                             f"{t.get('compute')} | {t.get('steps_own')} | "
+                             f"{r.get('dag_span_s', '-')} ({r.get('dag_busy_s', '-')}) | "
+                             f"{t.get('prefect_api')} | "
                              f"{round(t.get('mlflow_start', 0) + t.get('mlflow_models', 0), 2)} | "
                              f"{t.get('dvc')} | {t.get('registry')} | {t.get('report')} |")
             if len(rows) == 2 and rows[1]["timing"].get("compute"):
