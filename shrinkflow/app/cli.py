@@ -255,14 +255,20 @@ def serve(cron: Annotated[str, typer.Option(help="cron schedule (UTC)")] = "0 3 
             from None
     ws = _workspace(workspace)
     _load(ws / params_file if (ws / params_file).is_file() else None, None, ws)
-    # A triggered run starts within a second, not at the runner's default 10 s poll.
-    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+    from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
+
     from shrinkflow.flows.retrain import retrain
 
     console.print(f"serving shrinkflow-retrain/{name} on '{cron}' for {ws}")
-    retrain.serve(name=name, cron=cron, tags=["shrinkflow"],
-                  parameters={"workspace": str(ws), "params_file": params_file},
-                  print_starting_message=True)
+    # A triggered run starts within a second, not at the runner's default 10 s poll
+    # (unless the user set one). Prefect reads its settings when it is imported, so
+    # this goes through a settings context, not the environment.
+    poll = {} if os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else \
+        {PREFECT_RUNNER_POLL_FREQUENCY: 1}
+    with temporary_settings(poll):
+        retrain.serve(name=name, cron=cron, tags=["shrinkflow"],
+                      parameters={"workspace": str(ws), "params_file": params_file},
+                      print_starting_message=True)
 
 
 data_app = typer.Typer(help="Version data snapshots with DVC.", no_args_is_help=True)

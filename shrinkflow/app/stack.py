@@ -332,10 +332,11 @@ class Stack:
             return lambda: None
         api = self.urls()["prefect-server"]
         worker_name = f"shrinkflow-{socket.gethostname()}-{self.port['prefect-server']}"
+        # A triggered run is picked up within 2 s, not at the worker's default 10 s poll.
+        env = {"PREFECT_WORKER_QUERY_SECONDS": "2", **self._worker_env()}
         proc = self._spawn(name, [
             sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
-            "process", "--name", worker_name, "--create-pool-if-not-found"],
-            self._worker_env())
+            "process", "--name", worker_name, "--create-pool-if-not-found"], env)
 
         def polling() -> bool:
             req = urllib.request.Request(f"{api}/work_pools/{POOL}/workers/filter", data=b"{}",
