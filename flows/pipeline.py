@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import flow, tags
 from shrinkflow.flows import runner
 from shrinkflow.tasks import record as rec
-from shrinkflow.tasks.steps import first_done, submitter
+from shrinkflow.tasks.steps import submitter
 
 from shrinkflow.core.errors import GateFailure
 from shrinkflow.core.files import remove
@@ -40,7 +40,7 @@ def pipeline(params: Params, workspace: str = ".", refresh: list[str] | None = N
         with _timed(timing, "compute"):
             records = execute(plan, ws, submit=submitter(str(ws.store_dir),
                                                          params.base.torch_threads),
-                              refresh=set(refresh or ()), wait_any=first_done)
+                              refresh=set(refresh or ()))
         timing["steps_own"] = round(sum(r.seconds for r in records.values() if not r.cached), 2)
         outcome = _record(run, plan, records, ws, info, timing)
         if outcome.rejected.get("teacher"):  # nothing trustworthy: the run fails

@@ -44,31 +44,9 @@ STEP_TASKS: dict[str, Task] = {name: _make(k) for name, k in steps.kinds().items
 
 
 def submitter(store: str, threads: int):
-    """The executor's ``submit``: a step becomes a task run on the flow's task runner.
-
-    Upstream records come by value (the executor submits a step once its inputs are
-    done, so Dask may place it on any free worker); the upstream task runs are named as
-    the run's inputs, so Prefect's UI still draws the dependency graph."""
-    from prefect.client.schemas.objects import TaskRunResult
-    from prefect.context import FlowRunContext
-    from prefect.utilities.callables import get_call_parameters
-
-    runs: dict[str, Any] = {}  # step id -> its task run id
-
-    def submit(step: PlanStep, upstream: dict[str, StepRecord], force: bool):
+    """The executor's ``submit``: a step becomes a task run on the flow's task runner."""
+    def submit(step: PlanStep, upstream: dict[str, Any], force: bool):
         t = STEP_TASKS[step.kind].with_options(task_run_name=step.id)
-        parameters = get_call_parameters(t.fn, (step, upstream, store, threads, force), {})
-        inputs = {TaskRunResult(id=runs[i]) for i in upstream if i in runs}
-        future = FlowRunContext.get().task_runner.submit(
-            t, parameters, dependencies={"upstream": inputs} if inputs else None)
-        runs[step.id] = future.task_run_id
-        return future
+        return t.submit(step, upstream, store, threads, force)
 
     return submit
-
-
-def first_done(futures: list[Any]) -> Any:
-    """The executor's ``wait_any``: the first of ``futures`` to finish."""
-    from prefect.futures import as_completed
-
-    return next(iter(as_completed(futures)))

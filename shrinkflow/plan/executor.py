@@ -155,7 +155,7 @@ def resolve_cached(plan: Plan, store: Store, steps_: Iterable[PlanStep],
     return records
 
 
-Submit = Callable[[PlanStep, dict[str, StepRecord], bool], Any]
+Submit = Callable[[PlanStep, dict[str, Any], bool], Any]
 
 
 def _result(handle: Any) -> StepRecord:
@@ -164,83 +164,35 @@ def _result(handle: Any) -> StepRecord:
 
 def execute(plan: Plan, ws: Workspace, wanted: list[str] | None = None,
             submit: Submit | None = None, refresh: set[str] = frozenset(),
-            known: dict[str, StepRecord] | None = None,
-            wait_any: WaitAny | None = None) -> dict[str, StepRecord]:
+            known: dict[str, StepRecord] | None = None) -> dict[str, StepRecord]:
     """Run the steps ``wanted`` (default: all) and what they depend on; return every
-    step's record. ``submit(step, upstream, force)`` hands a step whose inputs are done
-    to a task runner and returns a future (``.result()``); ``wait_any(futures)`` returns
-    one that has finished (default: the oldest, once it finishes). Without ``submit``,
-    steps run here in order.
-
-    A step is submitted only once its inputs are done, with their records by value, so
-    the task runner may place it on any free worker (a future as input would tie it to
-    the worker holding that future). Of the steps ready at once, the one heading the
-    longest chain of remaining steps goes first."""
+    step's record. ``submit(step, upstream)`` hands a step to a task runner and returns
+    a future (upstream values may be futures; the flag forces a recompute); without it,
+    steps run here in order."""
     store = Store(ws.store_dir)
     todo = plan.upstream(wanted) if wanted else list(plan.steps)
     done = resolve_cached(plan, store, todo, refresh, known)
     threads = plan.params.base.torch_threads
 
-    def launch(step: PlanStep) -> Any:
-        upstream = {i: done[i] for i in step.input_ids()}
+    def launch(step: PlanStep, handles: dict[str, Any]) -> Any:
+        upstream = {i: done.get(i) or handles[i] for i in step.input_ids()}
         force = step.kind in refresh or step.id in refresh
         if submit is None:
+            upstream = {i: _result(h) for i, h in upstream.items()}
             return run_step(step, upstream, str(store.root), threads, force)
         return submit(step, upstream, force)
 
+    handles: dict[str, Any] = {}
     pending = [s for s in todo if s.id not in done]
     later = [s for s in pending if s.kind in MEASURE_ALONE]
-    pending = [s for s in pending if s.kind not in MEASURE_ALONE]
-    if submit is None:
-        for step in pending:
-            done[step.id] = launch(step)
-    else:
-        _run_ready(pending, done, launch, wait_any or _oldest)
+    for step in pending:
+        if step.kind not in MEASURE_ALONE:
+            handles[step.id] = launch(step, handles)
+    results = {sid: _result(h) for sid, h in handles.items()}  # raises a step's own error
+    done.update(results)
     for step in later:  # measured alone: nothing else is running now
-        done[step.id] = _result(launch(step))
+        done[step.id] = _result(launch(step, {}))
     return done
-
-
-WaitAny = Callable[[list[Any]], Any]
-
-
-def _oldest(handles: list[Any]) -> Any:
-    _result(handles[0])
-    return handles[0]
-
-
-def chain_lengths(steps_: list[PlanStep]) -> dict[str, int]:
-    """For each step, the number of steps on the longest chain it heads (itself
-    included), counting only ``steps_``."""
-    ids = {s.id for s in steps_}
-    children: dict[str, list[str]] = {s.id: [] for s in steps_}
-    for s in steps_:
-        for i in s.input_ids():
-            if i in ids:
-                children[i].append(s.id)
-    out: dict[str, int] = {}
-    for s in reversed(steps_):  # plan order is topological: children come later
-        out[s.id] = 1 + max((out[c] for c in children[s.id]), default=0)
-    return out
-
-
-def _run_ready(pending: list[PlanStep], done: dict[str, StepRecord],
-               launch: Callable[[PlanStep], Any], wait_any: WaitAny) -> None:
-    """Submit each step once its inputs are done (longest chain first) until all are."""
-    length = chain_lengths(pending)
-    pending = list(pending)
-    running: dict[str, Any] = {}
-    while pending or running:
-        ready = [s for s in pending if all(i in done for i in s.input_ids())]
-        for step in sorted(ready, key=lambda s: -length[s.id]):  # stable: plan order
-            running[step.id] = launch(step)
-            pending.remove(step)
-        if not running:
-            raise ShrinkflowError("executor: steps wait for inputs no step makes: "
-                                  + ", ".join(s.id for s in pending[:5]))
-        finished = wait_any(list(running.values()))
-        sid = next(k for k, h in running.items() if h is finished)
-        done[sid] = _result(running.pop(sid))  # raises a step's own error
 
 
 def missing(plan: Plan, records: dict[str, StepRecord], wanted: list[str] | None = None

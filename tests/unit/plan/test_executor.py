@@ -93,32 +93,3 @@ def test_a_failing_step_leaves_no_scratch(done, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         execute(plan, ws, refresh={"latency"})
     assert not list((ws.store_dir / "tmp").glob("*"))
-
-
-def test_a_task_runner_gets_each_step_once_its_inputs_are_done(done):
-    """With ``submit``, steps go out only when ready (records by value, so any worker
-    may take them), longest chain first, and come back the same as run in order."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from shrinkflow.plan.executor import chain_lengths, run_step
-    from shrinkflow.plan.store import StepRecord
-
-    ws, plan, records = done
-    lengths = chain_lengths(plan.steps)
-    assert max(lengths, key=lengths.get) == "prepare"
-    assert lengths["teacher:train"] > lengths["pr:prune"] > lengths["pr:convert"]
-    sent = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        def submit(step, upstream, force):
-            assert all(isinstance(r, StepRecord) for r in upstream.values())
-            sent.append(step.id)
-            return pool.submit(run_step, step, upstream, str(ws.store_dir), 1, force)
-
-        def wait_any(futures):
-            return next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
-
-        again = execute(plan, ws, submit=submit, wait_any=wait_any, refresh={"prune", "convert"})
-    assert sent.index("pr:prune") < sent.index("pr:convert")
-    differ = [k for k in records if again[k].sha256 != records[k].sha256
-              and not k.startswith("latency")]  # earlier tests re-measure latency
-    assert set(again) == set(records) and not differ, differ
