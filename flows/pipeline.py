@@ -84,11 +84,14 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
     publish(plan, records, ws)
     metric_files = record.write_metrics(ws, plan, records, decisions)
     with _timed(timing, "dvc"):  # first: the lineage names the data's DVC hash
-        dvc = rec.record_dvc(params, ws, teacher_failed)
+        dvc = rec.record_dvc(params, ws, teacher_failed, push=False)
+    pushing = record.start_dvc_push(params, ws, dvc)  # while MLflow logs
     info = {**info, "run_id": run.run_id, "dvc_data": dvc.get("data"),
             "data": records["prepare"].output()}
     with _timed(timing, "mlflow_models"):
         logged = rec.log_models(run, plan, records, decisions, info)
+    with _timed(timing, "dvc_push_wait"):  # pushed before any version is registered
+        dvc.update(record.finish_dvc_push(pushing))
     versions, promotions, moves = {}, {}, {}
     with _timed(timing, "registry"):
         for target, (t_results, t_decision) in decisions.items():
@@ -132,9 +135,11 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
 
 
 def run_pipeline(params: Params, workspace: str | Path = ".", refresh: list[str] | None = None,
-                 dask_address: str | None = None) -> Outcome:
+                 dask_address: str | None = None, api: runner.TemporaryApi | None = None
+                 ) -> Outcome:
     """Run the flow on a Dask cluster (local processes, or ``dask_address``), its task
-    runs reported to the configured Prefect API (or a temporary local one)."""
+    runs reported to the configured Prefect API (or a temporary local one: ``api``, when
+    the caller started it with ``runner.prestart()``)."""
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     from shrinkflow.plan.params import dask_address as resolve_address
@@ -142,7 +147,7 @@ def run_pipeline(params: Params, workspace: str | Path = ".", refresh: list[str]
     ws = Workspace.at(workspace)
     address = resolve_address(params, dask_address)
     start = time.perf_counter()
-    with runner.prefect_api():
+    with runner.prefect_api(api):
         api_seconds = time.perf_counter() - start
         with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: ws.state_dir / "results"}), \
                 tags(f"dataset:{params.prepare.dataset}", f"objective:{params.select.objective}"):

@@ -9,10 +9,16 @@ exported before the cluster starts so the workers inherit it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 log = logging.getLogger("shrinkflow")
 
@@ -21,13 +27,97 @@ QUIET_DASK = {"DASK_LOGGING__DISTRIBUTED": "warning",
               "DASK_DISTRIBUTED__ADMIN__TICK__LIMIT": "30s"}
 
 
-@contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
-    """The Prefect API URL this process and its workers use: the configured one, or a
-    temporary local server started here (and stopped after)."""
+class TemporaryApi:
+    """A temporary local Prefect API server, as Prefect's own ``SubprocessASGIServer``
+    starts it (uvicorn over ``prefect.server.api.server:create_app``, UI off), but
+    without importing the server into this process and without waiting: it comes up
+    while this process loads the flow. :meth:`wait` blocks until it answers."""
+
+    def __init__(self) -> None:
+        import importlib.util
+        import tempfile
+
+        spec = importlib.util.find_spec("prefect")
+        self._app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
+        self._spawn()
+        atexit.register(self.stop)
+
+    def _spawn(self) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1"}
+        env.pop("PREFECT_API_URL", None)
+        self.proc: subprocess.Popen | None = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", self._app_dir, "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
+             str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def wait(self, timeout: float) -> str:
+        """The API URL, once its health check answers."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll() if self.proc else -1
+            if code == 3:  # the port was taken meanwhile: another one
+                self._spawn()
+            elif code is not None:
+                self._log.seek(0)
+                tail = self._log.read().decode(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"the temporary Prefect API exited with code {code}: "
+                                   + " | ".join(tail))
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect API did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._log.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def configured_api() -> str:
+    """The Prefect API URL set by environment or profile ('' when there is none)."""
     from prefect.settings import PREFECT_API_URL
 
-    url = PREFECT_API_URL.value()
+    return PREFECT_API_URL.value() or ""
+
+
+def prestart() -> TemporaryApi | None:
+    """Start the temporary API now, when no API is configured, so that it comes up while
+    the flow's modules load (pass it to :func:`prefect_api`)."""
+    return None if configured_api() else TemporaryApi()
+
+
+@contextlib.contextmanager
+def prefect_api(started: TemporaryApi | None = None) -> Iterator[str]:
+    """The Prefect API URL this process and its workers use: the configured one, or a
+    temporary local server (``started`` by :func:`prestart`, or started here), stopped
+    after."""
+    url = "" if started is not None else configured_api()
     if url:
         old = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url  # settings set in-process (test harness) too
@@ -39,14 +129,12 @@ def prefect_api() -> Iterator[str]:
             else:
                 os.environ["PREFECT_API_URL"] = old
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-                                            "180")))
-    os.environ["PREFECT_API_URL"] = server.api_url
+    server = started or TemporaryApi()
     try:
-        yield server.api_url
+        url = server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+                                               "180")))
+        os.environ["PREFECT_API_URL"] = url
+        yield url
     finally:
         _drain_logs()
         os.environ.pop("PREFECT_API_URL", None)

@@ -185,9 +185,12 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
                 _print_outcome(same, time.perf_counter() - start, as_json)
                 return
         _quiet_known_tracebacks()
+        from shrinkflow.flows import runner
+
+        api = runner.prestart()  # comes up while the flow's modules load
         from shrinkflow.flows.pipeline import run_pipeline
 
-        result = run_pipeline(config, ws.root, refresh, dask_address)
+        result = run_pipeline(config, ws.root, refresh, dask_address, api)
     _print_outcome(result, time.perf_counter() - start, as_json)
 
 

@@ -7,6 +7,7 @@ The Prefect flow calls these as tasks, in this order; nothing here computes a mo
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from shrinkflow.core import machine
 from shrinkflow.core.config import stable_hash
+from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.files import atomic_path, write_text_atomic
 from shrinkflow.core.records import ExportArtifact, ModelArtifact
 from shrinkflow.core.workspace import Workspace
@@ -222,15 +224,41 @@ def dvc_recordable(params: Params, ws: Workspace) -> str | None:
     return None
 
 
-def record_dvc(params: Params, ws: Workspace, failures: list[str]) -> dict[str, Any]:
-    """Record the outputs in dvc.lock and push them, when that tells the truth."""
+def record_dvc(params: Params, ws: Workspace, failures: list[str], push: bool = True
+               ) -> dict[str, Any]:
+    """Record the outputs in dvc.lock and (with ``push``) push them, when that tells the
+    truth. Without ``push``, :func:`start_dvc_push` pushes them in the background."""
     if failures:
         return {"skipped": "a gate failed; failed outputs are not recorded"}
     why = dvc_recordable(params, ws)
     if why:
         return {"skipped": why}
-    result = versioning.record_outputs(ws.root, params.base.dvc_push)
+    result = versioning.record_outputs(ws.root, push and params.base.dvc_push)
     return {**result, "data": versioning.locked_out(ws.root, "data/prepared")}
+
+
+def start_dvc_push(params: Params, ws: Workspace, recorded: dict[str, Any]
+                   ) -> concurrent.futures.Future | None:
+    """``dvc push`` in a background thread (its own process: the thread only waits), so
+    it overlaps the MLflow logging; None when nothing was recorded or pushing is off.
+    :func:`finish_dvc_push` collects it (one retry)."""
+    if "dvc_lock_sha256" not in recorded or not params.base.dvc_push:
+        return None
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dvc-push")
+    future = pool.submit(versioning.push_outputs, ws.root)
+    pool.shutdown(wait=False)
+    future.root = ws.root  # type: ignore[attr-defined]
+    return future
+
+
+def finish_dvc_push(future: concurrent.futures.Future | None) -> dict[str, Any]:
+    if future is None:
+        return {}
+    try:
+        return future.result()
+    except ShrinkflowError as exc:
+        log.warning("%s; retrying once", exc)
+        return versioning.push_outputs(future.root)  # type: ignore[attr-defined]
 
 
 # --- MLflow -------------------------------------------------------------------------------

@@ -61,14 +61,17 @@ def record_outputs(root: str | Path, push: bool = True, remote: str | None = Non
     """
     root = Path(root)
     dvc(root, "commit", "--force")
-    pushed = 0
-    if push:
-        text = dvc(root, "push", *(["--remote", remote] if remote else []))
-        match = re.search(r"(\d+) files? pushed", text)
-        pushed = int(match.group(1)) if match else 0
+    pushed = push_outputs(root, remote)["dvc_pushed"] if push else 0
     lock = root / "dvc.lock"
     return {"dvc_lock_sha256": file_sha256(lock) if lock.is_file() else "",
             "dvc_pushed": pushed}
+
+
+def push_outputs(root: str | Path, remote: str | None = None) -> dict[str, int]:
+    """``dvc push`` what dvc.lock records; returns the number of files pushed."""
+    text = dvc(Path(root), "push", *(["--remote", remote] if remote else []))
+    match = re.search(r"(\d+) files? pushed", text)
+    return {"dvc_pushed": int(match.group(1)) if match else 0}
 
 
 def locked_out(root: str | Path, path: str) -> dict[str, Any] | None:
