@@ -40,7 +40,8 @@ EVENT_TAG = f"{TAG}event."
 LEGACY_EVENTS_TAG = f"{TAG}events"  # per-version list, written before the full log existed
 KEY_METRICS = ("onnx_test_accuracy", "test_accuracy", "size_bytes", "size_gzip_bytes",
                "latency_p50_ms_b1", "latency_p50_ms_b256", "parity_top1_agreement",
-               "parity_max_abs_diff", "accuracy_drop_pp", "sparsity", "params", "macs")
+               "parity_max_abs_diff", "accuracy_drop_pp", "sparsity", "params", "macs",
+               "onnx_test_cosine")
 
 
 def alias(role: str, target: str = DEFAULT_TARGET) -> str:
@@ -252,6 +253,19 @@ def version_runner(model_uri: str, target: str, threads: int, dst: Path):
     return run, size
 
 
+def refuse_reevaluating_encoders(name: str, version: str, champion: str,
+                                 ours: dict[str, float], theirs: dict[str, float]) -> None:
+    """Encoders measured on different sentences cannot be compared: an encoder's quality
+    is its cosine to its own teacher on its own test sentences, and re-evaluating it on
+    other data would need that teacher (``evaluate`` scores classifiers)."""
+    if "onnx_test_cosine" in ours or "onnx_test_cosine" in theirs:
+        raise ShrinkflowError(
+            f"registry {name}: v{version} and champion v{champion} are sentence encoders "
+            "measured on different sentences, so their cosines cannot be compared; check "
+            f"both and promote by hand: shrinkflow promote --version {version} --force "
+            "--reason TEXT")
+
+
 def evaluate(model_uri: str, target: str, x_raw: np.ndarray, y: np.ndarray, key: str
              ) -> dict[str, float]:
     """Accuracy and size of a registered version, measured now on raw test inputs."""
@@ -368,6 +382,7 @@ def promote(uri: str, name: str, version: str | None, select: SelectParams,
         key = accuracy_key(target)
         note = " (same test data)"
         if not same_data:
+            refuse_reevaluating_encoders(name, version, old.version, ours, theirs)
             x, y, _ = test_data
             ours.update(evaluate(uris["challenger"], target, x, y, key))
             theirs.update(evaluate(uris["champion"], target, x, y, key))

@@ -41,3 +41,13 @@ def test_weighted_gain_interval_moves_with_speed():
     w = SelectParams(objective="weighted", weights={"size": 1.0, "latency": 1.0})
     g = objective_gain(vals(0.95, 100), vals(0.95, 200), w, ACC, Interval(0.0, -0.1, 0.1, 0.95, 8))
     assert g.low < g.estimate < g.high and g.estimate == pytest.approx(0.25)
+
+
+def test_encoders_on_different_sentences_are_not_reevaluated():
+    from shrinkflow.core.errors import ShrinkflowError
+    from shrinkflow.ops.registry import refuse_reevaluating_encoders
+
+    refuse_reevaluating_encoders("m", "2", "1", {"onnx_test_accuracy": 0.9},
+                                 {"onnx_test_accuracy": 0.8})  # classifiers: re-evaluated
+    with pytest.raises(ShrinkflowError, match="cosines cannot be compared"):
+        refuse_reevaluating_encoders("m", "2", "1", {"onnx_test_cosine": 0.99}, {})
