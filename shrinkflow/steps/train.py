@@ -58,12 +58,14 @@ def run(config: TrainParams, ctx: Context, data: DataArtifact) -> ModelArtifact:
         model, arch, source = start_from(config, splits)
     else:
         model = build(config.model, splits.input_shape, splits.num_classes, seed=config.seed)
-    freeze(model, config.freeze)
+    frozen = freeze(model, config.freeze)
     cfg = FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                     seed=config.seed, patience=config.patience,
                     weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
                     augment_shift=config.augment_shift, threads=ctx.threads)
     result = fit(model, splits, cfg, desc=f"{ctx.model}:train")
+    for hook in frozen:
+        hook.remove()
     out = ctx.out_dir / "model.pt"
     for p in model.parameters():
         p.requires_grad_(True)

@@ -60,8 +60,11 @@ def replace_head(model: nn.Module, num_classes: int, input_shape: tuple[int, ...
     setattr(parent, attr, new)
 
 
-def freeze(model: nn.Module, prefixes: list[str]) -> None:
-    """Keep the parameters under ``prefixes`` fixed while training (no gradient)."""
+def freeze(model: nn.Module, prefixes: list[str]) -> list:
+    """Keep the layers under ``prefixes`` fixed while training: no gradient for their
+    parameters, and their batch-norm layers in inference mode (running statistics used,
+    not updated) whatever ``model.train()`` says. Returns the hooks doing the latter;
+    remove them after training."""
     names = [n for n, _ in model.named_parameters()]
     for prefix in prefixes:
         if not any(n == prefix or n.startswith(prefix + ".") or n.startswith(prefix)
@@ -72,3 +75,13 @@ def freeze(model: nn.Module, prefixes: list[str]) -> None:
     for n, p in model.named_parameters():
         if any(n.startswith(prefix) for prefix in prefixes):
             p.requires_grad_(False)
+    hooks = []
+    for n, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and n and \
+                any(n.startswith(prefix) for prefix in prefixes):
+            hooks.append(m.register_forward_pre_hook(_inference_mode))
+    return hooks
+
+
+def _inference_mode(module: nn.Module, args) -> None:
+    module.train(False)
