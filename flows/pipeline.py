@@ -84,14 +84,14 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
     publish(plan, records, ws)
     metric_files = record.write_metrics(ws, plan, records, decisions)
     with _timed(timing, "dvc"):  # first: the lineage names the data's DVC hash
-        dvc = rec.record_dvc(params, ws, teacher_failed, push=False)
+        dvc = rec.record_dvc(params, ws, teacher_failed)
     pushing = record.start_dvc_push(params, ws, dvc)  # while MLflow logs
     info = {**info, "run_id": run.run_id, "dvc_data": dvc.get("data"),
             "data": records["prepare"].output()}
     with _timed(timing, "mlflow_models"):
         logged = rec.log_models(run, plan, records, decisions, info)
     with _timed(timing, "dvc_push_wait"):  # pushed before any version is registered
-        dvc.update(record.finish_dvc_push(pushing))
+        dvc.update(record.finish_dvc_push(pushing, ws))
     versions, promotions, moves = {}, {}, {}
     with _timed(timing, "registry"):
         for target, (t_results, t_decision) in decisions.items():

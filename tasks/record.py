@@ -28,8 +28,8 @@ def decide(plan, records, state_dir: str | None = None
 
 
 @task(name="dvc-record", retries=1, retry_delay_seconds=2)
-def record_dvc(params, ws, failures: list[str], push: bool = True) -> dict[str, Any]:
-    return record.record_dvc(params, ws, failures, push)
+def record_dvc(params, ws, failures: list[str]) -> dict[str, Any]:
+    return record.record_dvc(params, ws, failures)
 
 
 @task(name="log-models", **_RETRY)

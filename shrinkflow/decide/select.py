@@ -192,7 +192,7 @@ def decide(models: list[ModelResult], gates: GatesParams, select: SelectParams,
             name=m.name, parent=m.parent, reasons=tuple(reasons),
             score=objective_score(m.values, teacher, select, latency_key, accuracy_key),
             speed_vs_parent={**comparison.as_dict(), "gate_passed": outcome.passed,
-                             "kept": outcome.kept} if comparison and outcome else None)
+                             "kept": outcome.kept} if outcome else None)
     verdicts.update(failed)
     passing = {n: results[n] for n, v in verdicts.items() if v.passed}
     frontier = pareto_front(passing, accuracy_key, samples, gates.latency_batch, confidence,

@@ -73,12 +73,13 @@ def latency_doc(plan: Plan, records: dict[str, StepRecord], target: str = TARGET
     return read_latency(records[plan.latency[target]].record["path"])
 
 
-def model_results(plan: Plan, records: dict[str, StepRecord], target: str = TARGET
-                  ) -> list[ModelResult]:
+def model_results(plan: Plan, records: dict[str, StepRecord], target: str = TARGET,
+                  doc: dict | None = None) -> list[ModelResult]:
     """Each model's values on ``target``: validation, latency (p50/p95 with interval
     bounds), how its last training went, and ratios against the teacher. A model the
-    target could not convert carries the failure instead."""
-    doc = latency_doc(plan, records, target)
+    target could not convert carries the failure instead. ``doc``: the target's latency
+    document, when the caller has read it."""
+    doc = doc or latency_doc(plan, records, target)
     key = accuracy_key(target)
     out: list[ModelResult] = []
     teacher: dict[str, float] | None = None
@@ -102,12 +103,11 @@ def model_results(plan: Plan, records: dict[str, StepRecord], target: str = TARG
     return out
 
 
-def speed_keys(plan: Plan, records: dict[str, StepRecord], target: str = TARGET
+def speed_keys(plan: Plan, records: dict[str, StepRecord], target: str, machine_id: str
                ) -> dict[str, str]:
     """model -> the key of its speed gate's (model, parent) pair on ``target`` (see
     ops.verdicts): both artifacts, the gate and the machine that measured them."""
     v, gates = plan.params.validate_, plan.params.gates
-    machine_id = latency_doc(plan, records, target).get("machine", {}).get("id", "")
     out = {}
     for name, mp in plan.models.items():
         if mp.parent is None:
@@ -120,31 +120,29 @@ def speed_keys(plan: Plan, records: dict[str, StepRecord], target: str = TARGET
     return out
 
 
-def decide_run(plan: Plan, records: dict[str, StepRecord], target: str = TARGET,
-               previous: dict[str, bool] | None = None) -> Decision:
-    p = plan.params
-    v = p.validate_
-    parity = {"float": (v.gates.max_abs_diff, v.gates.min_top1_agreement),
-              "quantized": (v.quantized_gates.max_abs_diff, v.quantized_gates.min_top1_agreement)}
-    return decide(model_results(plan, records, target), p.gates, p.select, parity,
-                  latency_doc(plan, records, target)["samples"], v.confidence, target,
-                  accuracy_key(target), v.resolution, previous, v.hysteresis)
-
-
 def decide_all(plan: Plan, records: dict[str, StepRecord], state_dir: str | Path | None = None
                ) -> dict[str, tuple[list[ModelResult], Decision]]:
     """Results and decision of every target (the default first). With ``state_dir``, the
     speed gates remember their outcomes there (ops.verdicts): re-measuring unchanged
     artifacts on the same machine does not flip a verdict on noise."""
+    p = plan.params
+    v = p.validate_
+    parity = {"float": (v.gates.max_abs_diff, v.gates.min_top1_agreement),
+              "quantized": (v.quantized_gates.max_abs_diff, v.quantized_gates.min_top1_agreement)}
     entries = verdicts.load(state_dir) if state_dir is not None else {}
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    out = {}
-    for t in plan.params.target_names:
-        keys = speed_keys(plan, records, t)
-        decision = decide_run(plan, records, t, verdicts.previous(entries, keys))
-        if state_dir is not None:
-            verdicts.remember(state_dir, keys, decision, when)
-        out[t] = (model_results(plan, records, t), decision)
+    changed, out = False, {}
+    for t in p.target_names:
+        doc = latency_doc(plan, records, t)
+        results = model_results(plan, records, t, doc)
+        keys = speed_keys(plan, records, t, doc.get("machine", {}).get("id", ""))
+        decision = decide(results, p.gates, p.select, parity, doc["samples"], v.confidence, t,
+                          accuracy_key(t), v.resolution, verdicts.previous(entries, keys),
+                          v.hysteresis)
+        changed |= verdicts.remember(entries, keys, decision, when)
+        out[t] = (results, decision)
+    if state_dir is not None and changed:
+        verdicts.save(state_dir, entries)
     return out
 
 
@@ -224,16 +222,15 @@ def dvc_recordable(params: Params, ws: Workspace) -> str | None:
     return None
 
 
-def record_dvc(params: Params, ws: Workspace, failures: list[str], push: bool = True
-               ) -> dict[str, Any]:
-    """Record the outputs in dvc.lock and (with ``push``) push them, when that tells the
-    truth. Without ``push``, :func:`start_dvc_push` pushes them in the background."""
+def record_dvc(params: Params, ws: Workspace, failures: list[str]) -> dict[str, Any]:
+    """Record the outputs in dvc.lock, when that tells the truth; :func:`start_dvc_push`
+    pushes them."""
     if failures:
         return {"skipped": "a gate failed; failed outputs are not recorded"}
     why = dvc_recordable(params, ws)
     if why:
         return {"skipped": why}
-    result = versioning.record_outputs(ws.root, push and params.base.dvc_push)
+    result = versioning.record_outputs(ws.root, push=False)
     return {**result, "data": versioning.locked_out(ws.root, "data/prepared")}
 
 
@@ -241,24 +238,25 @@ def start_dvc_push(params: Params, ws: Workspace, recorded: dict[str, Any]
                    ) -> concurrent.futures.Future | None:
     """``dvc push`` in a background thread (its own process: the thread only waits), so
     it overlaps the MLflow logging; None when nothing was recorded or pushing is off.
-    :func:`finish_dvc_push` collects it (one retry)."""
+    :func:`finish_dvc_push` collects it."""
     if "dvc_lock_sha256" not in recorded or not params.base.dvc_push:
         return None
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dvc-push")
     future = pool.submit(versioning.push_outputs, ws.root)
-    pool.shutdown(wait=False)
-    future.root = ws.root  # type: ignore[attr-defined]
+    pool.shutdown(wait=False)  # the thread ends with the push; nothing waits here
     return future
 
 
-def finish_dvc_push(future: concurrent.futures.Future | None) -> dict[str, Any]:
+def finish_dvc_push(future: concurrent.futures.Future | None, ws: Workspace
+                    ) -> dict[str, Any]:
+    """The push's result ({} without one); a failed push is tried once more."""
     if future is None:
         return {}
     try:
         return future.result()
     except ShrinkflowError as exc:
         log.warning("%s; retrying once", exc)
-        return versioning.push_outputs(future.root)  # type: ignore[attr-defined]
+        return versioning.push_outputs(ws.root)
 
 
 # --- MLflow -------------------------------------------------------------------------------

@@ -55,10 +55,10 @@ def previous(entries: dict[str, dict], keys: dict[str, str]) -> dict[str, bool]:
     return {name: bool(entries[k]["passed"]) for name, k in keys.items() if k in entries}
 
 
-def remember(state_dir: str | Path, keys: dict[str, str], decision: Decision,
-             when: str) -> None:
-    """Store each compared model's outcome under its key (``when``: an ISO time)."""
-    entries = load(state_dir)
+def remember(entries: dict[str, dict], keys: dict[str, str], decision: Decision,
+             when: str) -> bool:
+    """Store each compared model's outcome under its key in ``entries`` (``when``: an ISO
+    time); True when anything changed (then :func:`save` it)."""
     changed = False
     for name, key in keys.items():
         c = decision.verdicts[name].speed_vs_parent if name in decision.verdicts else None
@@ -73,8 +73,12 @@ def remember(state_dir: str | Path, keys: dict[str, str], decision: Decision,
                         "speedup": [c["speedup_estimate"], c["speedup_low"],
                                     c["speedup_high"]]}
         changed = True
-    if changed:
-        kept = dict(list(entries.items())[-KEEP:])
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path(state_dir), json.dumps({"format": FORMAT, "entries": kept},
-                                                      indent=1, sort_keys=False) + "\n")
+    return changed
+
+
+def save(state_dir: str | Path, entries: dict[str, dict]) -> None:
+    """Write the newest :data:`KEEP` entries."""
+    kept = dict(list(entries.items())[-KEEP:])
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path(state_dir), json.dumps({"format": FORMAT, "entries": kept},
+                                                  indent=1) + "\n")

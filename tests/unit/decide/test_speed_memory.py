@@ -99,12 +99,16 @@ def test_decide_reports_the_outcome_and_the_memory_round_trips(tmp_path):
     assert flipped.verdicts["child"].speed_vs_parent["kept"] is True
 
     keys = {"child": verdicts.pair_key("onnxruntime", 256, THR, RESOLUTION, "a", "b", "m1")}
-    verdicts.remember(tmp_path, keys, fresh, "2026-12-03T00:00:00Z")
+    entries = verdicts.load(tmp_path)
+    verdicts.remember(entries, keys, fresh, "2026-12-03T00:00:00Z")
+    verdicts.save(tmp_path, entries)
     assert verdicts.previous(verdicts.load(tmp_path), keys) == {"child": c["gate_passed"]}
     other = {"child": verdicts.pair_key("onnxruntime", 256, THR, RESOLUTION, "a", "b", "m2")}
     assert verdicts.previous(verdicts.load(tmp_path), other) == {}  # another machine
 
     verdicts.path(tmp_path).write_text("{not json")
     assert verdicts.load(tmp_path) == {}
-    verdicts.remember(tmp_path, keys, fresh, "2026-12-03T00:00:01Z")
+    entries = verdicts.load(tmp_path)
+    verdicts.remember(entries, keys, fresh, "2026-12-03T00:00:01Z")
+    verdicts.save(tmp_path, entries)
     assert json.loads(verdicts.path(tmp_path).read_text())["format"] == verdicts.FORMAT
