@@ -27,6 +27,11 @@ from shrinkflow.plan.plan import TARGET, Plan, build_plan
 @flow(name="shrinkflow", log_prints=False, persist_result=False)
 def pipeline(params: Params, workspace: str = ".", refresh: list[str] | None = None) -> Outcome:
     """Prepare, train, derive every variant, convert, validate; decide, record, promote."""
+    with runner.untagged_tasks():
+        return _pipeline(params, workspace, refresh)
+
+
+def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outcome:
     ws, timing = Workspace.at(workspace), {}
     with _timed(timing, "plan"):
         plan = build_plan(params, ws.root)

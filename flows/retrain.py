@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
+from shrinkflow.flows.runner import untagged_tasks
 
 from shrinkflow.core.workspace import Workspace
 from shrinkflow.ops import changes, tracking
@@ -63,7 +64,8 @@ def retrain(workspace: str = ".", params_file: str = "params.yaml") -> RetrainRe
     for run_id in end_abandoned(uri, params.base.experiment):
         logger.warning("MLflow run %s was left RUNNING by a flow run that failed; marked "
                        "FAILED", run_id)
-    check = what_changed(params, uri, str(ws.root))
+    with untagged_tasks():
+        check = what_changed(params, uri, str(ws.root))
     if not check["changed"]:
         reason = f"skipped: nothing changed since {check['against']}"
         logger.info(reason)

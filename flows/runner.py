@@ -141,6 +141,21 @@ def prefect_api(started: TemporaryApi | None = None) -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def untagged_tasks() -> Iterator[None]:
+    """Task runs started inside carry no tags; the flow run keeps its own.
+
+    For a tagged task run, Prefect's task engine first asks the API for the tags'
+    concurrency slots (tag-based concurrency limits), even when no limit exists. On the
+    default pipeline that call stalled the calling process for about 2 s at a time: 9
+    times in one cold 2-worker run, ~18 s of worker time. Tag-based concurrency limits
+    therefore do not apply to shrinkflow's task runs (use ``base.parallel_steps``)."""
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
+
+
 def _drain_logs() -> None:
     """Send buffered flow and task logs before the temporary API goes away."""
     with contextlib.suppress(Exception):

@@ -40,6 +40,22 @@ VARIANTS = (
 MODELS = ["teacher", "pr", "pr_q8", "pr_qat", "kd"]
 
 
+def _tags_in_prefect(flow_run_id: str) -> None:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(UUID(flow_run_id))
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run.id])))
+    assert "dataset:digits" in flow_run.tags
+    names = {t.name for t in task_runs}
+    assert "teacher:train" in names and any(n.startswith("start-run") for n in names)
+    assert all(not t.tags for t in task_runs), [(t.name, t.tags) for t in task_runs if t.tags]
+
+
 def test_flow_end_to_end_then_nothing_to_do(prefect_harness, workspace):
     from shrinkflow.flows.pipeline import run_pipeline
 
@@ -118,6 +134,10 @@ def test_flow_end_to_end_then_nothing_to_do(prefect_harness, workspace):
     assert champion.tags["shrinkflow.variant"] == first.selected
     assert champion.tags["shrinkflow.lineage"].startswith("teacher")
     assert first.selected in champion.description and "Gates:" in champion.description
+
+    # Prefect: the flow run carries the run's tags; its task runs carry none (a tagged
+    # task run costs a concurrency-slot call to the API before it starts).
+    _tags_in_prefect(parent.data.tags["shrinkflow.prefect_flow_run"])
 
     # The same flow again: every step from the store, every model run kept (no new run,
     # no new LoggedModel), the same version, the champion kept.
