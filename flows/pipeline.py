@@ -20,6 +20,7 @@ from shrinkflow.ops import record
 from shrinkflow.ops.record import Outcome
 from shrinkflow.ops.tracking import TAG, resolve_tracking_uri
 from shrinkflow.plan.executor import execute, publish, stale_outputs
+from shrinkflow.plan.order import priorities
 from shrinkflow.plan.params import Params, tracking_uri
 from shrinkflow.plan.plan import TARGET, Plan, build_plan
 
@@ -44,7 +45,8 @@ def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outc
     try:
         with _timed(timing, "compute"):
             records = execute(plan, ws, submit=submitter(str(ws.store_dir),
-                                                         params.base.torch_threads),
+                                                         params.base.torch_threads,
+                                                         priorities(plan)),
                               refresh=set(refresh or ()))
         timing["steps_own"] = round(sum(r.seconds for r in records.values() if not r.cached), 2)
         outcome = _record(run, plan, records, ws, info, timing)

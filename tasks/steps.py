@@ -43,10 +43,14 @@ def _make(kind: steps.StepKind) -> Task:
 STEP_TASKS: dict[str, Task] = {name: _make(k) for name, k in steps.kinds().items()}
 
 
-def submitter(store: str, threads: int):
-    """The executor's ``submit``: a step becomes a task run on the flow's task runner."""
+def submitter(store: str, threads: int, priorities: dict[str, int] | None = None):
+    """The executor's ``submit``: a step becomes a task run on the flow's task runner,
+    with its Dask priority (``shrinkflow.plan.order``: the longest chain starts first)."""
+    import dask
+
     def submit(step: PlanStep, upstream: dict[str, Any], force: bool):
         t = STEP_TASKS[step.kind].with_options(task_run_name=step.id)
-        return t.submit(step, upstream, store, threads, force)
+        with dask.annotate(priority=(priorities or {}).get(step.id, 0)):
+            return t.submit(step, upstream, store, threads, force)
 
     return submit
