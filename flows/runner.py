@@ -27,6 +27,20 @@ QUIET_DASK = {"DASK_LOGGING__DISTRIBUTED": "warning",
               "DASK_DISTRIBUTED__ADMIN__TICK__LIMIT": "30s"}
 
 
+# The local scheduler runs in this process. Two of its defaults fit many small tasks of
+# one kind, not a plan of steps whose results are a few bytes (the files are on disk):
+# - queuing: a kind with more steps than twice the threads (five prunes on 2 workers) is
+#   held back on the scheduler and handed out only when a worker runs short of work;
+#   every other step is assigned at once, so the held-back one waited for the end of the
+#   run and its whole chain (fine-tune, three conversions) ran alone at the end (seen in
+#   every cold 2-worker run: 40 s late; the scheduler's own log). Off: each step goes to
+#   a worker when it is ready, and the worker runs its ready steps in priority order.
+# - work stealing every 1 s: steps wait on the worker that holds their parent's result
+#   until a steal; every 0.1 s instead.
+LOCAL_SCHEDULER = {"distributed.scheduler.worker-saturation": float("inf"),
+                   "distributed.scheduler.work-stealing-interval": "100ms"}
+
+
 class TemporaryApi:
     """A temporary local Prefect API server, as Prefect's own ``SubprocessASGIServer``
     starts it (uvicorn over ``prefect.server.api.server:create_app``, UI off), but
@@ -171,13 +185,16 @@ def _drain_logs() -> None:
 def task_runner(workers: int, address: str | None = None):
     """A DaskTaskRunner: on the cluster at ``address``, else a local cluster of
     ``workers`` single-threaded processes."""
+    import dask
     from prefect_dask import DaskTaskRunner
 
     for key, value in QUIET_DASK.items():
         os.environ.setdefault(key, value)
     if address:
         return DaskTaskRunner(address=address)
+    dask.config.set(LOCAL_SCHEDULER)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None,
-                                          "silence_logs": logging.WARNING})
+                                          "silence_logs": logging.WARNING,
+                                          "preload": ["shrinkflow.tasks.worker"]})

@@ -42,7 +42,10 @@ def cluster(prefect_harness, tmp_path_factory):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**venv_env(), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "DASK_LOGGING__DISTRIBUTED": "warning"}
+           "DASK_LOGGING__DISTRIBUTED": "warning",
+           # What README asks of a user's cluster (flows/runner.LOCAL_SCHEDULER).
+           "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "inf",
+           "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING_INTERVAL": "100ms"}
     procs = []
 
     def start(*args: str, name: str) -> subprocess.Popen:
@@ -57,6 +60,7 @@ def cluster(prefect_harness, tmp_path_factory):
               "--dashboard-address", f"127.0.0.1:{_free_port()}", name="scheduler")
         for i in range(2):
             start("worker", address, "--nworkers", "1", "--nthreads", "1",
+                  "--preload", "shrinkflow.tasks.worker",
                   "--host", "127.0.0.1", "--dashboard-address", f"127.0.0.1:{_free_port()}",
                   "--name", f"w{i}", name=f"worker{i}")
         from distributed import Client

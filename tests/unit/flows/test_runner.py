@@ -1,0 +1,39 @@
+"""The local Dask cluster a run gets: how its scheduler hands out steps, what its workers
+load when they start."""
+
+import dask
+import pytest
+
+
+def test_local_cluster_hands_out_every_ready_step(monkeypatch):
+    from shrinkflow.flows import runner
+
+    with dask.config.set({}):  # restored after the test
+        tr = runner.task_runner(2)
+        assert dask.config.get("distributed.scheduler.worker-saturation") == float("inf")
+        assert dask.config.get("distributed.scheduler.work-stealing-interval") == "100ms"
+    kwargs = tr.cluster_kwargs
+    assert kwargs["n_workers"] == 2 and kwargs["threads_per_worker"] == 1
+    assert kwargs["preload"] == ["shrinkflow.tasks.worker"]
+
+
+def test_an_existing_cluster_keeps_its_own_config():
+    from shrinkflow.flows import runner
+
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.1}):
+        tr = runner.task_runner(2, "tcp://127.0.0.1:8786")
+        assert dask.config.get("distributed.scheduler.worker-saturation") == 1.1
+    assert tr.address == "tcp://127.0.0.1:8786"
+
+
+@pytest.mark.slow
+def test_a_worker_preloads_the_steps():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None, preload=["shrinkflow.tasks.worker"]) as cluster, \
+            Client(cluster) as client:
+        loaded = client.run(lambda: sorted(
+            m for m in ("torch", "shrinkflow.steps.train", "prefect.task_engine")
+            if __import__("sys").modules.get(m)))
+    assert list(loaded.values()) == [["prefect.task_engine", "shrinkflow.steps.train", "torch"]]
