@@ -33,7 +33,7 @@ def pipeline(params: Params, workspace: str = ".", refresh: list[str] | None = N
 
 
 def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outcome:
-    ws, timing = Workspace.at(workspace), {}
+    ws, timing = Workspace.at(workspace), {"body_start": time.perf_counter()}
     with _timed(timing, "plan"):
         plan = build_plan(params, ws.root)
         info = record.run_info(plan, ws)
@@ -58,6 +58,7 @@ def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outc
             rec.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     rec.end_run(run, "FINISHED")
+    timing["body_end"] = time.perf_counter()
     return outcome
 
 
@@ -81,15 +82,17 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
     """Publish, decide (per target), record in DVC and MLflow, register and promote (per
     target), report."""
     params = plan.params
-    decisions = rec.decide(plan, records, str(ws.state_dir))
+    with _timed(timing, "decide"):
+        decisions = rec.decide(plan, records, str(ws.state_dir))
     results, decision = decisions[TARGET]
     teacher_failed = [f"teacher: {r}" for r in decision.verdicts["teacher"].reasons]
     recordable = record.dvc_recordable(params, ws) is None and not teacher_failed
     removed = [ws.relative(p) for p in stale_outputs(plan, ws)] if recordable else []
     for path in removed:  # only a run that records to DVC may delete published outputs
         remove(ws.root / path)
-    publish(plan, records, ws)
-    metric_files = record.write_metrics(ws, plan, records, decisions)
+    with _timed(timing, "publish"):
+        publish(plan, records, ws)
+        metric_files = record.write_metrics(ws, plan, records, decisions)
     with _timed(timing, "dvc"):  # first: the lineage names the data's DVC hash
         dvc = rec.record_dvc(params, ws, teacher_failed)
     pushing = record.start_dvc_push(params, ws, dvc)  # while MLflow logs
@@ -161,6 +164,13 @@ def run_pipeline(params: Params, workspace: str | Path = ".", refresh: list[str]
             flow_ = pipeline.with_options(
                 task_runner=runner.task_runner(params.base.parallel_steps, address))
             outcome = flow_(params=params, workspace=str(ws.root), refresh=list(refresh or []))
-    outcome.timing.update(prefect_api=round(api_seconds, 2),
-                          flow_total=round(time.perf_counter() - start, 2))
+    end = time.perf_counter()
+    # Seconds the flow spent before its body started (flow run, Dask cluster) and after
+    # it ended (cluster shut down, flow run finished, logs sent).
+    t = outcome.timing
+    body_start, body_end = t.pop("body_start", None), t.pop("body_end", None)
+    if body_start is not None and body_end is not None:
+        t.update(flow_start=round(body_start - start - api_seconds, 2),
+                 flow_end=round(end - body_end, 2))
+    t.update(prefect_api=round(api_seconds, 2), flow_total=round(end - start, 2))
     return outcome
