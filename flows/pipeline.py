@@ -58,7 +58,7 @@ def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outc
             rec.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     rec.end_run(run, "FINISHED")
-    timing["body_end"] = time.perf_counter()
+    outcome.timing["body_end"] = time.perf_counter()  # the outcome holds a copy of timing
     return outcome
 
 
