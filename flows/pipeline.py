@@ -42,12 +42,14 @@ def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outc
         run = rec.start_run(uri, params.base.experiment,
                             ws.resolve(params.base.artifact_location).as_uri(), params.dump(),
                             {**record.pipeline_tags(plan, ws, info), **_flow_run_tag()})
+    closing = None
     try:
         with _timed(timing, "compute"):
             records = execute(plan, ws, submit=submitter(str(ws.store_dir),
                                                          params.base.torch_threads,
                                                          priorities(plan)),
                               refresh=set(refresh or ()))
+        closing = runner.release_local_cluster()  # no step runs after this
         timing["steps_own"] = round(sum(r.seconds for r in records.values() if not r.cached), 2)
         outcome = _record(run, plan, records, ws, info, timing)
         if outcome.rejected.get("teacher"):  # nothing trustworthy: the run fails
@@ -57,6 +59,9 @@ def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outc
         with suppress(Exception):
             rec.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if closing is not None:
+            closing.join()
     rec.end_run(run, "FINISHED")
     outcome.timing["body_end"] = time.perf_counter()  # the outcome holds a copy of timing
     return outcome
