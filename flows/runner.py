@@ -189,9 +189,20 @@ def release_local_cluster() -> threading.Thread | None:
         return None
 
     def close() -> None:
-        with contextlib.suppress(Exception):
-            client.close()
-            cluster.close()
+        # Closed on purpose: a worker still unloading its libraries after Dask's 4 s is
+        # killed, and the scheduler's notes about its closed connections are expected.
+        quiet = [logging.getLogger(n) for n in ("distributed.nanny", "distributed.batched",
+                                                "distributed.scheduler", "distributed.core")]
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        try:
+            with contextlib.suppress(Exception):
+                client.close()
+                cluster.close()
+        finally:
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
 
     thread = threading.Thread(target=close, name="shrinkflow-cluster-close", daemon=True)
     thread.start()
