@@ -167,10 +167,16 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
 
         refresh = list(kinds())
     with workspace_lock(ws.state_dir, "shrinkflow run", wait):
+        from shrinkflow.flows import runner
         from shrinkflow.ops import tracking
         from shrinkflow.ops.record import nothing_changed
         from shrinkflow.plan.plan import build_plan
         from shrinkflow.plan.store import Store
+
+        # A run that will compute (forced, or a new tracking store: nothing to compare
+        # with) starts the temporary Prefect API now, so that it comes up while MLflow
+        # creates its store; otherwise only once the no-op test has failed.
+        api = runner.prestart() if refresh or tracking.is_new_store(uri) else None
 
         Store(ws.store_dir).clean_scratch()  # what a killed run left half-written
         moved = tracking.follow_moved_workspace(uri, ws.root, ws.state_dir)
@@ -186,9 +192,7 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
                 _print_outcome(same, time.perf_counter() - start, as_json)
                 return
         _quiet_known_tracebacks()
-        from shrinkflow.flows import runner
-
-        api = runner.prestart()  # comes up while the flow's modules load
+        api = api or runner.prestart()  # comes up while the flow's modules load
         from shrinkflow.flows.pipeline import run_pipeline
 
         result = run_pipeline(config, ws.root, refresh, dask_address, api)

@@ -79,6 +79,12 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
             raise ShrinkflowError(f"MLflow store {path}: its directory is not writable")
 
 
+def is_new_store(uri: str) -> bool:
+    """A local SQLite store that does not exist yet: it holds no run, so a run cannot
+    be a no-op."""
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
 def _check_sqlite(path: Path) -> None:
     import sqlite3
 
