@@ -56,6 +56,11 @@ def make_workspace(root: Path, remote: Path) -> Path:
     _git(root, "commit", "-qm", "workspace")
     subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "--local", "-f",
                     "test", str(remote)], cwd=root, check=True, capture_output=True)
+    # The remote the repository's .dvc/config names (~/.cache/...) is this machine's,
+    # shared by every run outside the tests: point it at an empty place here.
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "local", "url",
+                    str(remote.parent / f"{remote.name}-unused")], cwd=root, check=True,
+                   capture_output=True)
     return root
 
 
