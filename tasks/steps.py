@@ -48,9 +48,11 @@ def submitter(store: str, threads: int, priorities: dict[str, int] | None = None
     with its Dask priority (``shrinkflow.plan.order``: the longest chain starts first)."""
     import dask
 
+    priorities = priorities or {}
+
     def submit(step: PlanStep, upstream: dict[str, Any], force: bool):
         t = STEP_TASKS[step.kind].with_options(task_run_name=step.id)
-        with dask.annotate(priority=(priorities or {}).get(step.id, 0)):
+        with dask.annotate(priority=priorities.get(step.id, 0)):
             return t.submit(step, upstream, store, threads, force)
 
     return submit

@@ -13,13 +13,7 @@ import threading
 def _load() -> None:
     import prefect.task_engine  # noqa: F401
     import torch  # noqa: F401
-    from shrinkflow.tasks import steps as step_tasks  # noqa: F401
-
-    from shrinkflow.core import env
-    from shrinkflow.steps import base as steps
-
-    env.setup()
-    steps.kinds()
+    from shrinkflow.tasks import steps  # noqa: F401 (its import registers every step kind)
 
 
 def dask_setup(worker) -> None:  # noqa: ARG001 (Dask's preload hook)

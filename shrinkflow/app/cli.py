@@ -369,14 +369,15 @@ TargetOpt = Annotated[str, typer.Option(
 
 def _registry_target(params: Path | None, set_: list[str] | None, workspace: Path,
                      name: str | None):
-    from shrinkflow.ops.tracking import check_reachable, resolve_tracking_uri
+    from shrinkflow.ops.tracking import check_reachable, resolve_tracking_uri, sqlite_path
     from shrinkflow.plan.params import tracking_uri
 
     ws = _workspace(workspace)
     config = _load(params, set_, ws)
     uri = resolve_tracking_uri(tracking_uri(config), ws)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ShrinkflowError(f"no MLflow store at {uri[len('sqlite:///'):]}: run the pipeline "
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ShrinkflowError(f"no MLflow store at {db}: run the pipeline "
                               "in this workspace first (or pass --workspace)")
     check_reachable(uri)
     from shrinkflow.ops.tracking import follow_moved_workspace

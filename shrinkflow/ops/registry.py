@@ -31,7 +31,7 @@ from shrinkflow.core import machine, stats
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.decide.promotion import RegistryParams, challenger_wins, needs_latency
 from shrinkflow.decide.select import SelectParams
-from shrinkflow.ops.tracking import TAG, call, client
+from shrinkflow.ops.tracking import TAG, call, client, sqlite_path
 from shrinkflow.steps.validate import accuracy_key
 
 DEFAULT_TARGET = "onnxruntime"
@@ -143,10 +143,10 @@ def promotion_lock(uri: str, name: str, timeout: float = 120.0) -> Iterator[None
     as a registered-model tag and read back; the compare-and-set inside still re-reads
     the champion, so a lost race is detected rather than silently overwritten.
     """
-    if uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is not None:
         from filelock import FileLock, Timeout
 
-        path = Path(uri[len("sqlite:///"):])
         lock = FileLock(str(path.with_name(f".{path.name}.{name}.promote.lock")))
         try:
             with lock.acquire(timeout=timeout):

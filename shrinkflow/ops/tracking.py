@@ -71,18 +71,23 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
             raise ShrinkflowError(f"cannot reach MLflow at {uri} ({exc.strerror or exc}); start "
                                   "the server or set base.tracking_uri / MLFLOW_TRACKING_URI") \
                 from None
-    elif uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+    elif (path := sqlite_path(uri)) is not None:
         if path.exists():
             _check_sqlite(path)
         elif not os.access(path.parent if path.parent.exists() else Path("."), os.W_OK):
             raise ShrinkflowError(f"MLflow store {path}: its directory is not writable")
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for a server)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def is_new_store(uri: str) -> bool:
     """A local SQLite store that does not exist yet: it holds no run, so a run cannot
     be a no-op."""
-    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+    path = sqlite_path(uri)
+    return path is not None and not path.exists()
 
 
 def _check_sqlite(path: Path) -> None:
@@ -369,7 +374,7 @@ def follow_moved_workspace(uri: str, root: Path, state_dir: Path) -> str | None:
     old = json.loads(marker.read_text()).get("root") if marker.is_file() else None
     new = str(root)
     moved = None
-    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    db = sqlite_path(uri)
     if old and old != new and db is not None and db.is_file() and \
             db.resolve().is_relative_to(root):
         with sqlite3.connect(db) as con:

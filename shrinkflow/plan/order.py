@@ -37,12 +37,11 @@ def upward_ranks(plan: Plan) -> dict[str, float]:
     users: dict[str, list[str]] = {s.id: [] for s in plan.steps}
     for step in plan.steps:
         for dep in step.input_ids():
-            users.setdefault(dep, []).append(step.id)
-    by_id = {s.id: s for s in plan.steps}
+            users[dep].append(step.id)
     ranks: dict[str, float] = {}
-    for step in reversed(plan.steps):  # plan order is a topological order
-        after = max((ranks[u] for u in users[step.id] if u in ranks), default=0.0)
-        ranks[step.id] = round(typical_seconds(by_id[step.id]) + after, 3)
+    for step in reversed(plan.steps):  # plan order is topological: users are ranked first
+        after = max((ranks[u] for u in users[step.id]), default=0.0)
+        ranks[step.id] = round(typical_seconds(step) + after, 3)
     return ranks
 
 
