@@ -58,6 +58,9 @@ def check_data(params: Params, root: Path) -> tuple[int, ...] | None:
         if len(shape) == 1 and params.train.augment_shift:
             raise ShrinkflowError("train.augment_shift: shifts images; feature vectors "
                                   f"({prep.dataset}) need 0")
+        if len(shape) == 1 and params.train.augment_flip:
+            raise ShrinkflowError("train.augment_flip: mirrors images; feature vectors "
+                                  f"({prep.dataset}) need false")
     return shape
 
 

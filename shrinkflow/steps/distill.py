@@ -15,7 +15,21 @@ from shrinkflow.models.checkpoint import load_checkpoint
 from shrinkflow.models.cnn import ArchParams
 from shrinkflow.models.spec import ModelSpec, build
 from shrinkflow.steps.base import Context, step
-from shrinkflow.steps.fit import FitParams, derive, fit, fit_config_for, predict_logits
+from shrinkflow.steps.fit import (
+    FitConfig,
+    FitParams,
+    augment_fill,
+    derive,
+    fit,
+    fit_config_for,
+    predict_logits,
+    view_count,
+    view_of,
+)
+
+# Teacher logits of every augmented view are precomputed when that takes fewer teacher
+# passes than the epochs would, and fits in this much memory.
+CACHE_BYTES = 1 << 30
 
 
 class DistillStep(Section):
@@ -52,6 +66,27 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     raise ValueError(f"unknown distillation loss {loss!r}")
 
 
+def teacher_views(teacher: torch.nn.Module, x_train, cfg: FitConfig, num_classes: int
+                  ) -> torch.Tensor | None:
+    """The teacher's logits for every augmented view of every training image
+    (views x images x classes), or None where computing them per batch is cheaper.
+
+    Without augmentation there is one view, computed once. With it, an image appears as
+    one of ``view_count`` inputs (shifts x mirrors): computing them all up front costs
+    that many passes of the teacher over the data, against one per epoch otherwise.
+    """
+    views = view_count(cfg.augment_shift, cfg.augment_flip)
+    x = torch.from_numpy(x_train)
+    if cfg.augments and (views >= cfg.epochs or
+                         views * len(x) * num_classes * 4 > CACHE_BYTES):
+        return None
+    fill = augment_fill(x)
+    return torch.stack([
+        torch.from_numpy(predict_logits(
+            teacher, view_of(x, v, cfg.augment_shift, cfg.augment_flip, fill)))
+        for v in range(views)])
+
+
 @step("distill", DistillStep, stage="compress")
 def run(config: DistillStep, ctx: Context, data: DataArtifact, model: ModelArtifact
         ) -> ModelArtifact:
@@ -61,12 +96,11 @@ def run(config: DistillStep, ctx: Context, data: DataArtifact, model: ModelArtif
     student = build(config.student, splits.input_shape, splits.num_classes,
                           seed=config.fit.seed)
     cfg = fit_config_for(config.fit, ctx.threads)
-    # Without augmentation the teacher sees the same inputs every epoch: compute once.
-    cached = None if cfg.augment_shift else torch.from_numpy(predict_logits(teacher, splits.x_train))
+    cached = teacher_views(teacher, splits.x_train, cfg, splits.num_classes)
 
-    def loss_fn(logits, xb, yb, idx):
+    def loss_fn(logits, xb, yb, idx, views):
         if cached is not None:
-            t_logits = cached[idx]
+            t_logits = cached[views, idx]
         else:
             with torch.no_grad():
                 t_logits = teacher(xb)

@@ -31,8 +31,10 @@ from shrinkflow.models.cnn import ArchParams, dropout_generator
 
 log = logging.getLogger("shrinkflow")
 
-# loss(logits, inputs, labels, indices into the training split)
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# loss(logits, inputs, labels, indices into the training split, augmented view of each
+# input: see :func:`augment`; all zeros without augmentation)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                  torch.Tensor]
 Hook = Callable[[nn.Module], None]
 
 
@@ -45,6 +47,9 @@ class FitParams(Section):
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     patience: Int = Field(5, ge=1)
     augment_shift: Int = Field(0, ge=0, le=8)
+    # Mirror each training image left-right with probability 1/2 (clothes, scenes;
+    # not digits or text).
+    augment_flip: bool = False
     seed: Seed = 7
 
 
@@ -58,7 +63,12 @@ class FitConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     augment_shift: int = 0
+    augment_flip: bool = False
     threads: int = 1
+
+    @property
+    def augments(self) -> bool:
+        return bool(self.augment_shift or self.augment_flip)
 
 
 @dataclass
@@ -85,20 +95,47 @@ def set_determinism(seed: int, threads: int) -> torch.Generator:
     return g
 
 
-def random_shift(x: torch.Tensor, shift: int, g: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ``shift`` pixels (zero-padding at the background)."""
-    n, _, h, w = x.shape
-    fill = float(x.amin())
-    padded = F.pad(x, (shift, shift, shift, shift), value=fill)
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=g)
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=g)
+def view_count(shift: int, flip: bool) -> int:
+    """How many distinct inputs :func:`augment` makes of one image."""
+    return (2 * shift + 1) ** 2 * (2 if flip else 1)
+
+
+def view_of(x: torch.Tensor, view: int, shift: int, flip: bool, fill: float) -> torch.Tensor:
+    """Every image of ``x`` as augmented view number ``view`` (see :func:`augment`)."""
+    side, flips = 2 * shift + 1, 2 if flip else 1
+    f, cell = view % flips, view // flips
+    oy, ox = divmod(cell, side)
+    if shift:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (shift, shift, shift, shift), value=fill)[..., oy:oy + h, ox:ox + w]
+    return torch.flip(x, dims=(-1,)) if f else x
+
+
+def augment(x: torch.Tensor, shift: int, flip: bool, g: torch.Generator,
+            fill: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Translate each image by up to ``shift`` pixels (padding with ``fill``, the
+    background: the batch's minimum unless given) and, with ``flip``, mirror it
+    left-right with probability 1/2. Returns the images and each one's view number
+    (0 .. view_count - 1), which names its transformation: a distiller can look the
+    teacher's logits for it up instead of recomputing them."""
+    n = len(x)
+    fill = float(x.amin()) if fill is None else fill
+    side = 2 * shift + 1
+    zeros = torch.zeros(n, dtype=torch.long)
+    dy = torch.randint(0, side, (n,), generator=g) if shift else zeros
+    dx = torch.randint(0, side, (n,), generator=g) if shift else zeros
+    f = torch.randint(0, 2, (n,), generator=g) if flip else zeros
+    views = (dy * side + dx) * (2 if flip else 1) + f
     out = torch.empty_like(x)
-    for oy in range(2 * shift + 1):
-        for ox in range(2 * shift + 1):
-            sel = ((dy == oy) & (dx == ox)).nonzero(as_tuple=True)[0]
-            if len(sel):
-                out[sel] = padded[sel, :, oy:oy + h, ox:ox + w]
-    return out
+    for v in views.unique().tolist():
+        sel = (views == v).nonzero(as_tuple=True)[0]
+        out[sel] = view_of(x[sel], v, shift, flip, fill)
+    return out, views
+
+
+def random_shift(x: torch.Tensor, shift: int, g: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``shift`` pixels (padding with the background)."""
+    return augment(x, shift, False, g)[0]
 
 
 @torch.no_grad()
@@ -124,17 +161,18 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             params[name].mul_(mask.to(params[name].dtype))
 
 
-def _epoch(model, x_train, y_train, cfg: FitConfig, g, opt, loss_fn, masks, hooks):
+def _epoch(model, x_train, y_train, cfg: FitConfig, g, opt, loss_fn, masks, hooks, fill):
     model.train()
     order = torch.randperm(len(x_train), generator=g)
     total_loss, seen = 0.0, 0
     for i in range(0, len(order), cfg.batch_size):
         idx = order[i:i + cfg.batch_size]
         xb, yb = x_train[idx], y_train[idx]
-        if cfg.augment_shift:
-            xb = random_shift(xb, cfg.augment_shift, g)
+        views = torch.zeros(len(idx), dtype=torch.long)
+        if cfg.augments:
+            xb, views = augment(xb, cfg.augment_shift, cfg.augment_flip, g, fill)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), xb, yb, idx)
+        loss = loss_fn(model(xb), xb, yb, idx, views)
         loss.backward()
         for hook in hooks or ():
             hook(model)
@@ -162,12 +200,13 @@ def fit(
 
     g = set_determinism(cfg.seed, cfg.threads)
     if loss_fn is None:
-        def loss_fn(logits, _x, y, _idx):
+        def loss_fn(logits, _x, y, _idx, _views):
             return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     x_train = torch.from_numpy(splits.x_train)
     y_train = torch.from_numpy(splits.y_train)
+    fill = augment_fill(x_train)
     apply_masks(model, masks or {})
 
     best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
@@ -177,7 +216,8 @@ def fit(
     epoch = 0
     for epoch in bar:
         with dropout_generator(g):
-            total_loss, seen = _epoch(model, x_train, y_train, cfg, g, opt, loss_fn, masks, hooks)
+            total_loss, seen = _epoch(model, x_train, y_train, cfg, g, opt, loss_fn, masks, hooks,
+                                      fill)
         sched.step()
         if not math.isfinite(total_loss):
             raise ShrinkflowError(f"{desc}: training diverged (loss {total_loss / seen} at epoch "
@@ -199,6 +239,12 @@ def fit(
                      seconds=time.perf_counter() - start, history=history)
 
 
+def augment_fill(x_train: torch.Tensor) -> float:
+    """The value shifted-in pixels take: the training images' background (their minimum),
+    the same for every batch, so an augmented view does not depend on its batch."""
+    return float(x_train.amin()) if len(x_train) else 0.0
+
+
 def checkpoint_info(data: DataArtifact, splits: Splits) -> dict:
     """What every checkpoint stores about the data it was made from."""
     return {"input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
@@ -210,7 +256,8 @@ def checkpoint_info(data: DataArtifact, splits: Splits) -> dict:
 def fit_config_for(fit: FitParams, threads: int) -> FitConfig:
     return FitConfig(epochs=fit.epochs, batch_size=fit.batch_size, lr=fit.lr, seed=fit.seed,
                      patience=fit.patience, weight_decay=fit.weight_decay,
-                     augment_shift=fit.augment_shift, threads=threads)
+                     augment_shift=fit.augment_shift, augment_flip=fit.augment_flip,
+                     threads=threads)
 
 
 def derive(parent: ModelArtifact, model: nn.Module, arch: ArchParams, step: Section,

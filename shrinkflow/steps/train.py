@@ -27,6 +27,8 @@ class TrainParams(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # Random crop/shift augmentation, in pixels (0 = off).
     augment_shift: Int = Field(0, ge=0, le=8)
+    # Random left-right mirroring (clothes, scenes; not digits or text).
+    augment_flip: bool = False
     seed: Seed = 42
     # Transfer: start from a registered model (models:/NAME@ALIAS or models:/NAME/VERSION)
     # or a shrinkflow checkpoint file. The teacher takes that model's architecture (and
@@ -62,7 +64,8 @@ def run(config: TrainParams, ctx: Context, data: DataArtifact) -> ModelArtifact:
     cfg = FitConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                     seed=config.seed, patience=config.patience,
                     weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-                    augment_shift=config.augment_shift, threads=ctx.threads)
+                    augment_shift=config.augment_shift, augment_flip=config.augment_flip,
+                    threads=ctx.threads)
     result = fit(model, splits, cfg, desc=f"{ctx.model}:train")
     for hook in frozen:
         hook.remove()

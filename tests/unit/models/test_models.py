@@ -8,7 +8,15 @@ from shrinkflow.models.checkpoint import load_checkpoint, save_checkpoint
 from shrinkflow.models.cnn import ArchParams, build_model, count_params
 from shrinkflow.models.preprocess import Deployed
 from shrinkflow.models.qat import prepare_qat
-from shrinkflow.steps.fit import FitConfig, apply_masks, fit, random_shift
+from shrinkflow.steps.fit import (
+    FitConfig,
+    apply_masks,
+    augment,
+    fit,
+    random_shift,
+    view_count,
+    view_of,
+)
 
 TINY = ArchParams(blocks=[[4], [8]], dropout=0.0)
 
@@ -67,6 +75,29 @@ def test_random_shift_keeps_shape_and_moves_pixels():
     assert out.shape == x.shape
     assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(50))  # nothing lost at shift 2
     assert (out[:, 0, 4, 4] == 0).any()
+
+
+def test_augment_views_are_what_view_of_makes():
+    """A view number names one transformation, whatever batch the image came in: the
+    distiller's cached teacher logits depend on it."""
+    x = torch.randn(64, 1, 6, 6)
+    for shift, flip in ((0, True), (1, False), (2, True)):
+        out, views = augment(x, shift, flip, torch.Generator().manual_seed(3), fill=-1.0)
+        assert views.min() >= 0 and views.max() < view_count(shift, flip)
+        assert len(views.unique()) > view_count(shift, flip) // 2  # draws spread out
+        for i in range(len(x)):
+            assert torch.equal(out[i:i + 1], view_of(x[i:i + 1], int(views[i]), shift, flip, -1.0))
+
+
+def test_view_of_mirrors_and_shifts():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert torch.equal(view_of(x, 0, 0, False, 0.0), x)
+    assert torch.equal(view_of(x, 1, 0, True, 0.0), x.flip(-1))
+    # shift 1: view 0 moves the image one pixel down and right, filling with -1
+    moved = view_of(x, 0, 1, False, -1.0)
+    assert torch.equal(moved[..., 1:, 1:], x[..., :3, :3])
+    assert (moved[..., 0, :] == -1).all() and (moved[..., :, 0] == -1).all()
+    assert torch.equal(view_of(x, 4, 1, False, -1.0), x)  # the centre cell: no shift
 
 
 def test_checkpoint_round_trip_weights_only(tmp_path):
