@@ -48,5 +48,9 @@ def test_a_worker_preloads_the_steps():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                       dashboard_address=None, preload=["shrinkflow.tasks.worker"]) as cluster, \
             Client(cluster) as client:
+        # Prefect is loaded before the worker registers: a thread loading it beside the
+        # event loop unpickling the first step can deadlock in Prefect's import cycles.
+        at_start = client.run(lambda: "prefect.task_engine" in __import__("sys").modules)
         loaded = client.submit(_loaded).result()
+    assert list(at_start.values()) == [True]
     assert loaded == ["prefect.task_engine", "shrinkflow.steps.train", "torch"]
