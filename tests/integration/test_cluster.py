@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shrinkflow.app.stack import WORKER_MALLOC
 from shrinkflow.plan.params import load_params
 from tests.conftest import fast_overrides, make_workspace, venv_env, write_params
 
@@ -43,9 +44,9 @@ def cluster(prefect_harness, tmp_path_factory):
     address = f"tcp://127.0.0.1:{port}"
     env = {**venv_env(), "PREFECT_API_URL": PREFECT_API_URL.value(),
            "DASK_LOGGING__DISTRIBUTED": "warning",
-           # What README asks of a user's cluster (flows/runner.LOCAL_SCHEDULER).
+           # What README asks of a user's cluster (flows/runner.LOCAL_CLUSTER).
            "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "inf",
-           "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING_INTERVAL": "100ms"}
+           "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING_INTERVAL": "100ms", **WORKER_MALLOC}
     procs = []
 
     def start(*args: str, name: str) -> subprocess.Popen:

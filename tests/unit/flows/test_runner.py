@@ -44,13 +44,19 @@ def _loaded() -> list[str]:
 @pytest.mark.slow
 def test_a_worker_preloads_the_steps():
     from distributed import Client, LocalCluster
+    from shrinkflow.flows import runner
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None, preload=["shrinkflow.tasks.worker"]) as cluster, \
+    with dask.config.set(runner.LOCAL_CLUSTER), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                         dashboard_address=None, preload=["shrinkflow.tasks.worker"]) as cluster, \
             Client(cluster) as client:
         # Prefect is loaded before the worker registers: a thread loading it beside the
         # event loop unpickling the first step can deadlock in Prefect's import cycles.
         at_start = client.run(lambda: "prefect.task_engine" in __import__("sys").modules)
+        environ = next(iter(client.run(lambda: dict(__import__("os").environ)).values()))
         loaded = client.submit(_loaded).result()
     assert list(at_start.values()) == [True]
+    # glibc's malloc keeps its adaptive mmap threshold (Dask's MALLOC_TRIM_THRESHOLD_
+    # fixed it at 128 KiB: every activation tensor mapped and faulted in anew).
+    assert "MALLOC_TRIM_THRESHOLD_" not in environ and environ["OMP_NUM_THREADS"] == "1"
     assert loaded == ["prefect.task_engine", "shrinkflow.steps.train", "torch"]
