@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,17 @@ def _is_environment_error(exc: BaseException) -> bool:
                                    "unable to open database file", "disk I/O error"))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, a container stop, ``kill``), handled like Ctrl-C: the run
+    is marked FAILED in MLflow, the local Dask cluster and the temporary Prefect API
+    stop, and the process exits with 143. Python's default ends the process on the spot,
+    leaving the MLflow run RUNNING and the temporary API server behind."""
+
+
+def _terminate(_signum, _frame) -> None:
+    raise Terminated()
+
+
 def user_errors(fn):
     """Turn a ShrinkflowError (or a full disk, a read-only store) into one red line and a
     non-zero exit code. SHRINKFLOW_DEBUG=1 shows the traceback of unexpected errors."""
@@ -72,6 +84,9 @@ def user_errors(fn):
         except ShrinkflowError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
             raise typer.Exit(EXIT_ERROR) from None
+        except Terminated:
+            err_console.print("[yellow]terminated[/]")
+            raise typer.Exit(143) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
@@ -745,6 +760,7 @@ def main() -> None:
     import atexit
 
     atexit.register(_end_process)  # registered first: runs after every other exit handler
+    signal.signal(signal.SIGTERM, _terminate)
     setup()
     try:
         app()

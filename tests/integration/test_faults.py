@@ -108,6 +108,32 @@ def test_kill_9_then_rerun_completes_with_nothing_lost(ws, api, where):
     assert_consistent(ws, api)
 
 
+def test_sigterm_ends_the_run_cleanly(ws, api):
+    """A scheduler or container stop sends SIGTERM: the run ends like Ctrl-C, with one
+    line, exit 143, its MLflow run FAILED and none of its processes left behind."""
+    proc = cli(ws, "run", api=api, wait=False)
+    wait_for(lambda: stored(ws) >= 1 and any((ws / ".shrinkflow" / "store" / "tmp").glob("*")),
+             300, "a step in progress")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "terminated" in err and "Traceback" not in err, err[-3000:]
+    assert "FAILED" in run_statuses(ws) and "RUNNING" not in run_statuses(ws)
+    # its Dask workers and their nanny are gone too (they share its process group)
+    wait_for(lambda: not _group_alive(proc.pid), 30, "the run's processes to end")
+    out = cli(ws, "run", api=api)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert_consistent(ws, api)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_two_runs_at_once_the_second_is_refused(ws, api):
     from shrinkflow.ops.locks import workspace_lock
 
