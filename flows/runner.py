@@ -44,8 +44,8 @@ QUIET_DASK = {"DASK_LOGGING__DISTRIBUTED": "warning",
 # also fixes glibc's mmap threshold at 128 KiB (it otherwise grows to fit the program),
 # so every tensor above that size (a batch of activations) was mapped, faulted in page
 # by page and unmapped again, on every use: the Fashion-MNIST teacher's epoch took 125 s
-# on a worker against ~55 s in a plain process, most of it in the kernel; with 1 thread,
-# 514 against 315 ms a training step. The workers keep glibc's own defaults; the other
+# on a worker (most of it in the kernel), 68 s without; with 1 thread, 514 against 315 ms
+# a training step. The workers keep glibc's own defaults; the other
 # variables (one OpenMP/MKL/OpenBLAS thread) stay, each step sets torch's thread count.
 WORKER_ENVIRON = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
 LOCAL_CLUSTER = {"distributed.scheduler.worker-saturation": float("inf"),
