@@ -32,20 +32,35 @@ class Interval:
                 "confidence": self.confidence, "n": self.n}
 
 
+def binom_ppf(p: float, n: int, q: float) -> int:
+    """The smallest k with P(Binomial(n, q) <= k) >= p: ``scipy.stats.binom.ppf``,
+    computed from ``scipy.special.bdtr`` (importing scipy.stats costs ~1 s a run, more
+    than everything else that decides the gates)."""
+    from scipy.special import bdtr
+
+    cdf = bdtr(np.arange(n + 1), n, q)
+    return int(min(np.searchsorted(cdf, p, side="left"), n))
+
+
+def t_ppf(p: float, df: int) -> float:
+    """Student's t quantile (``scipy.stats.t.ppf``, which is this function)."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, p))
+
+
 def quantile_interval(samples: np.ndarray | list[float], q: float, confidence: float = 0.95
                       ) -> Interval:
     """The ``q`` quantile of ``samples`` with a distribution-free (order-statistic,
     binomial) confidence interval."""
-    from scipy.stats import binom
-
     x = np.sort(np.asarray(samples, dtype=np.float64))
     n = len(x)
     est = float(np.quantile(x, q))
     if n < 2:
         return Interval(est, est, est, confidence, n)
     alpha = 1 - confidence
-    lo_rank = int(binom.ppf(alpha / 2, n, q))  # 0-based index of the lower order statistic
-    hi_rank = int(binom.ppf(1 - alpha / 2, n, q))
+    lo_rank = binom_ppf(alpha / 2, n, q)  # 0-based index of the lower order statistic
+    hi_rank = binom_ppf(1 - alpha / 2, n, q)
     lo = float(x[max(0, min(n - 1, lo_rank - 1 if lo_rank > 0 else 0))])
     hi = float(x[max(0, min(n - 1, hi_rank))])
     return Interval(est, min(lo, est), max(hi, est), confidence, n)
@@ -62,8 +77,6 @@ def ratio_interval(numerator: list[list[float]], denominator: list[list[float]],
     means the child is faster), paired by round: a t-interval on the mean of the per-round
     log ratios of each round's fastest call, returned as ratios. Rounds missing on either
     side are dropped."""
-    from scipy.stats import t
-
     n = min(len(numerator), len(denominator))
     a, b = round_minima(numerator[:n]), round_minima(denominator[:n])
     n = min(len(a), len(b))
@@ -71,7 +84,7 @@ def ratio_interval(numerator: list[list[float]], denominator: list[list[float]],
     mean = float(d.mean()) if n else 0.0
     if n < 2:
         return Interval(math.exp(mean), 0.0, math.inf, confidence, n)
-    half = float(t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    half = t_ppf(0.5 + confidence / 2, n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
     return Interval(math.exp(mean), math.exp(mean - half), math.exp(mean + half), confidence, n)
 
 

@@ -68,3 +68,16 @@ def test_quantile_interval_brackets_the_estimate_and_covers_the_truth():
         assert i.low <= i.estimate <= i.high
         covered += i.contains(np.log(2))  # the true median of Exp(1)
     assert covered / 200 == pytest.approx(0.95, abs=0.04)
+
+
+def test_quantiles_match_scipy_stats():
+    """The binomial and t quantiles come from scipy.special (scipy.stats costs ~1 s to
+    import each run); they must be scipy.stats' own, or a verdict could move."""
+    from scipy.stats import binom, t
+
+    for n in [*range(2, 80), *range(80, 3000, 37)]:
+        for q in (0.5, 0.9, 0.95, 0.99):
+            for p in (0.005, 0.025, 0.05, 0.95, 0.975, 0.995):
+                assert stats.binom_ppf(p, n, q) == int(binom.ppf(p, n, q)), (p, n, q)
+        for p in (0.95, 0.975, 0.995):
+            assert stats.t_ppf(p, n - 1) == float(t.ppf(p, n - 1))
