@@ -188,20 +188,24 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
         from shrinkflow.plan.plan import build_plan
         from shrinkflow.plan.store import Store
 
-        # A run that will compute (forced, or a new tracking store: nothing to compare
-        # with) starts the temporary Prefect API now, so that it comes up while MLflow
-        # creates its store; otherwise only once the no-op test has failed.
-        api = runner.prestart() if refresh or tracking.is_new_store(uri) else None
+        # A run that will compute (forced, or a new tracking store: no run to compare
+        # with, none left RUNNING) starts the temporary Prefect API now, and a new store
+        # is created in a subprocess, both while this process loads the flow; otherwise
+        # the API starts once the no-op test has failed.
+        new_store = tracking.is_new_store(uri)
+        creating = tracking.create_store(uri)
+        api = runner.prestart() if refresh or new_store else None
 
         Store(ws.store_dir).clean_scratch()  # what a killed run left half-written
         moved = tracking.follow_moved_workspace(uri, ws.root, ws.state_dir)
         if moved:
             err_console.print(f"note: this workspace moved from {moved}; MLflow artifact "
                               "locations in its store now point here")
-        for run_id in tracking.mark_orphans(uri, config.base.experiment, str(ws.root)):
-            err_console.print(f"note: run {run_id} was left RUNNING by a killed process; "
-                              "marked KILLED")
-        if not refresh:
+        if not new_store:
+            for run_id in tracking.mark_orphans(uri, config.base.experiment, str(ws.root)):
+                err_console.print(f"note: run {run_id} was left RUNNING by a killed "
+                                  "process; marked KILLED")
+        if not refresh and not new_store:
             same = nothing_changed(build_plan(config, ws.root), ws, uri)
             if same is not None:
                 _print_outcome(same, time.perf_counter() - start, as_json)
@@ -210,6 +214,7 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
         api = api or runner.prestart()  # comes up while the flow's modules load
         from shrinkflow.flows.pipeline import run_pipeline
 
+        tracking.store_created(creating)
         result = run_pipeline(config, ws.root, refresh, dask_address, api)
     _print_outcome(result, time.perf_counter() - start, as_json)
 

@@ -90,6 +90,30 @@ def is_new_store(uri: str) -> bool:
     return path is not None and not path.exists()
 
 
+def create_store(uri: str):
+    """Start creating a new local SQLite store in a subprocess: MLflow's schema
+    migrations take ~1.7 s, which then overlap loading the flow (torch, Prefect) in this
+    process, on the other core. :func:`store_created` waits for it. None when the store
+    exists or is a server. The subprocess runs in this process's directory and
+    environment, so the store is the one this process would have created."""
+    import subprocess
+    import sys
+
+    if not is_new_store(uri):
+        return None
+    code = ("import sys; from shrinkflow.ops.tracking import client; "
+            "client(sys.argv[1]).search_experiments(max_results=1)")
+    return subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def store_created(creating) -> None:
+    """Wait for :func:`create_store`'s subprocess. Had it failed, the store is created
+    (or its error reported) where this process first opens it."""
+    if creating is not None:
+        creating.wait()
+
+
 def _check_sqlite(path: Path) -> None:
     import sqlite3
 
