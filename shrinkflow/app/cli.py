@@ -192,8 +192,8 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
         # with, none left RUNNING) starts the temporary Prefect API now, and a new store
         # is created in a subprocess, both while this process loads the flow; otherwise
         # the API starts once the no-op test has failed.
-        new_store = tracking.is_new_store(uri)
-        creating = tracking.create_store(uri)
+        creating = tracking.create_store(uri)  # None unless a new local store
+        new_store = creating is not None
         api = runner.prestart() if refresh or new_store else None
 
         Store(ws.store_dir).clean_scratch()  # what a killed run left half-written

@@ -133,11 +133,6 @@ def augment(x: torch.Tensor, shift: int, flip: bool, g: torch.Generator,
     return out, views
 
 
-def random_shift(x: torch.Tensor, shift: int, g: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ``shift`` pixels (padding with the background)."""
-    return augment(x, shift, False, g)[0]
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 1024) -> np.ndarray:
     """Logits of ``model`` (in eval mode) on ``x``, batched."""

@@ -13,7 +13,6 @@ from shrinkflow.steps.fit import (
     apply_masks,
     augment,
     fit,
-    random_shift,
     view_count,
     view_of,
 )
@@ -71,7 +70,7 @@ def test_masks_stay_zero_through_training():
 def test_random_shift_keeps_shape_and_moves_pixels():
     x = torch.zeros(50, 1, 8, 8)
     x[:, :, 4, 4] = 1.0
-    out = random_shift(x, 2, torch.Generator().manual_seed(0))
+    out, _ = augment(x, 2, False, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(50))  # nothing lost at shift 2
     assert (out[:, 0, 4, 4] == 0).any()
