@@ -217,6 +217,24 @@ def undecided_models(samples: dict, config: LatencyStep) -> list[str]:
     return sorted(out)
 
 
+def sample_latency(runners: dict[str, targets.Runner], x: np.ndarray, config: LatencyStep,
+                   repeats: dict[int, int]) -> tuple[dict, int]:
+    """``config.rounds`` interleaved rounds of every model; then, while a gate comparison
+    is undecided (up to ``config.max_rounds``), more rounds of only the models such
+    comparisons involve (the two sides of a pair stay matched by round; a decided model
+    is not timed again). Returns the samples and the most rounds any model got."""
+    samples = {n: {str(b): [] for b in BATCHES} for n in runners}
+    measure_rounds(runners, x, samples, config.rounds, config.warmup, repeats)
+    rounds = config.rounds
+    while rounds < config.max_rounds and (more := undecided_models(samples, config)):
+        log.info("latency: %d model(s) undecided after %d rounds; measuring them more",
+                 len(more), rounds)
+        extra = min(4, config.max_rounds - rounds)
+        measure_rounds(runners, x, samples, extra, config.warmup, repeats, more)
+        rounds += extra
+    return samples, rounds
+
+
 @step("latency", LatencyStep, stage="validate")
 def run_latency(config: LatencyStep, ctx: Context, data: DataArtifact,
                 exports: list[ExportArtifact]) -> LatencyArtifact:
@@ -227,17 +245,8 @@ def run_latency(config: LatencyStep, ctx: Context, data: DataArtifact,
     runners = {n: impl.load(e.path, config.threads) for n, e in zip(names, exports, strict=True)
                if e.format != "failed"}
     repeats = {1: config.repeats_b1, 256: config.repeats_b256}
-    samples = {n: {str(b): [] for b in BATCHES} for n in runners}
     start = time.perf_counter()
-    measure_rounds(runners, x, samples, config.rounds, config.warmup, repeats)
-    rounds = config.rounds
-    while rounds < config.max_rounds and (more := undecided_models(samples, config)):
-        log.info("latency: %d model(s) undecided after %d rounds; measuring more",
-                 len(more), rounds)
-        # Every model keeps the same number of rounds (pairs are matched by round).
-        extra = min(4, config.max_rounds - rounds)
-        measure_rounds(runners, x, samples, extra, config.warmup, repeats)
-        rounds += extra
+    samples, rounds = sample_latency(runners, x, config, repeats)
     fingerprint = machine.fingerprint({"runtime": config.threads})
     doc = {"format": "shrinkflow.latency/1", "target": config.target, "unit": "ms",
            "machine": fingerprint, "rounds": rounds, "warmup": config.warmup,

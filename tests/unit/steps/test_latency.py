@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from shrinkflow.steps.validate import LatencyStep, measure_rounds, undecided_models
+from shrinkflow.steps.validate import LatencyStep, sample_latency, undecided_models
 
 
 class FakeRunner:
@@ -22,25 +22,34 @@ class FakeRunner:
         return x
 
 
-def _measure(parent_ms, child_ms, noise, max_rounds, threshold=0.05):
+def _measure(parent_ms, child_ms, noise, max_rounds, threshold=0.05, other_ms=None):
     runners = {"parent": FakeRunner(parent_ms, noise, 1), "child": FakeRunner(child_ms, noise, 2)}
+    pairs = [("child", "parent")]
+    if other_ms is not None:  # a second child, clearly faster, judged against the same parent
+        runners["other"] = FakeRunner(other_ms, 0.01, 3)
+        pairs.append(("other", "parent"))
     x = np.zeros((4, 1, 2, 2), np.float32)
-    samples = {n: {"1": [], "256": []} for n in runners}
-    config = LatencyStep(pairs=[("child", "parent")], threshold=threshold, gate_batch=1)
-    measure_rounds(runners, x, samples, 3, 0, {1: 8})
-    rounds = 3
-    while rounds < max_rounds and undecided_models(samples, config):
-        measure_rounds(runners, x, samples, 1, 0, {1: 8})
-        rounds += 1
-    return rounds, undecided_models(samples, config)
+    config = LatencyStep(pairs=pairs, threshold=threshold, gate_batch=1, rounds=3,
+                         max_rounds=max_rounds, warmup=0)
+    samples, rounds = sample_latency(runners, x, config, {1: 8})
+    assert rounds == max(len(s["1"]) for s in samples.values())
+    return samples, rounds, undecided_models(samples, config)
 
 
 def test_a_clear_difference_is_decided_in_the_base_rounds():
-    rounds, left = _measure(2.0, 1.0, 0.05, 10)
+    _, rounds, left = _measure(2.0, 1.0, 0.05, 10)
     assert rounds == 3 and left == []
 
 
 def test_a_noisy_pair_gets_more_rounds_then_a_verdict():
-    rounds, left = _measure(1.2, 1.0, 0.6, 12)  # 20 % apart under heavy noise
+    _, rounds, left = _measure(1.2, 1.0, 0.6, 12)  # 20 % apart under heavy noise
     assert rounds > 3
     assert rounds == 12 or left == []  # decided, or stopped at the bound
+
+
+def test_only_undecided_models_get_more_rounds():
+    # child is within noise of the threshold; other is 2x faster, decided at once
+    samples, rounds, _ = _measure(1.05, 1.0, 0.3, 11, other_ms=0.5)
+    assert rounds > 3
+    assert len(samples["parent"]["1"]) == len(samples["child"]["1"]) == rounds
+    assert len(samples["other"]["1"]) == 3
