@@ -232,19 +232,125 @@ def _drain_logs() -> None:
         EventsWorker.drain_all(timeout=10)
 
 
-def task_runner(workers: int, address: str | None = None):
-    """A DaskTaskRunner: on the cluster at ``address``, else a local cluster of
-    ``workers`` single-threaded processes."""
-    import dask
-    from prefect_dask import DaskTaskRunner
+def _cluster_kwargs(workers: int) -> dict:
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+            "dashboard_address": None, "silence_logs": logging.WARNING,
+            "preload": ["shrinkflow.tasks.worker"]}
 
+
+def _configure_dask(local: bool) -> None:
+    """Dask's logging (read when dask is first imported) and, for a cluster of our own,
+    its scheduler's and nanny's settings (``LOCAL_CLUSTER``)."""
     for key, value in QUIET_DASK.items():
         os.environ.setdefault(key, value)
+    if local:
+        import dask
+        import distributed  # noqa: F401 (its defaults load first: they would merge into ours)
+
+        dask.config.set(LOCAL_CLUSTER)
+
+
+def task_runner(workers: int, address: str | None = None):
+    """A DaskTaskRunner: on the cluster at ``address``, else a local cluster of
+    ``workers`` single-threaded processes (the one :func:`prestart_cluster` started, if
+    it matches: see :func:`local_cluster`)."""
+    _configure_dask(local=not address)
+    from prefect_dask import DaskTaskRunner
+
     if address:
         return DaskTaskRunner(address=address)
-    dask.config.set(LOCAL_CLUSTER)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None,
-                                          "silence_logs": logging.WARNING,
-                                          "preload": ["shrinkflow.tasks.worker"]})
+    return DaskTaskRunner(cluster_class=f"{__name__}.local_cluster",
+                          cluster_kwargs=_cluster_kwargs(workers))
+
+
+class ClusterStart:
+    """A local cluster coming up in a background thread: its workers start and load
+    Prefect, torch and the steps while this process does the rest of a run's start
+    (preflight, the tracking store, the flow run). The task runner adopts it on its
+    first step (:func:`local_cluster`); one never adopted is closed by
+    :func:`discard_cluster` (or at exit)."""
+
+    def __init__(self, workers: int, env: dict[str, str]) -> None:
+        self.kwargs, self.env = _cluster_kwargs(workers), env
+        self.cluster = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self._done = threading.Event()
+        threading.Thread(target=self._start, name="shrinkflow-cluster-start",
+                         daemon=True).start()
+
+    def _start(self) -> None:
+        start = time.perf_counter()
+        try:
+            from distributed import LocalCluster
+
+            self.cluster = LocalCluster(**self.kwargs, env=self.env)
+        except BaseException as exc:  # noqa: BLE001 (re-raised where it is adopted)
+            self.error = exc
+        finally:
+            self.seconds = time.perf_counter() - start
+            self._done.set()
+
+    def wait(self):
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.cluster
+
+    def close(self) -> None:
+        self._done.wait()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+
+_prestarted: ClusterStart | None = None
+# How the last local cluster came up: seconds to start (in the background when it was
+# prestarted) and seconds the first step waited for it.
+cluster_timing: dict[str, float] = {}
+
+
+def prestart_cluster(workers: int, api: TemporaryApi | None) -> ClusterStart:
+    """Start the local cluster now, in the background (its workers report to ``api``
+    when the run uses a temporary one); the one already started, if it is the same."""
+    global _prestarted
+    env = {"PREFECT_API_URL": api.url} if api is not None else {}
+    if _prestarted is not None and (_prestarted.kwargs, _prestarted.env) == \
+            (_cluster_kwargs(workers), env):
+        return _prestarted
+    discard_cluster()
+    _configure_dask(local=True)
+    _prestarted = ClusterStart(workers, env)
+    atexit.register(discard_cluster)
+    return _prestarted
+
+
+def discard_cluster() -> None:
+    """Close a prestarted cluster that no task runner adopted."""
+    global _prestarted
+    started, _prestarted = _prestarted, None
+    if started is not None:
+        started.close()
+
+
+def local_cluster(**kwargs):
+    """The cluster class the task runner instantiates on its first step: the prestarted
+    cluster when it has these settings and reports to this process's Prefect API
+    (waiting for it to be up), else a new ``distributed.LocalCluster``."""
+    global _prestarted
+    from distributed import LocalCluster
+
+    start = time.perf_counter()
+    started, _prestarted = _prestarted, None
+    if started is not None:
+        api = started.env.get("PREFECT_API_URL", os.environ.get("PREFECT_API_URL"))
+        if started.kwargs == kwargs and api == os.environ.get("PREFECT_API_URL"):
+            cluster = started.wait()
+            cluster_timing.update(start=round(started.seconds, 2),
+                                  waited=round(time.perf_counter() - start, 2))
+            return cluster
+        started.close()  # another run's settings (or the API moved to another port)
+    cluster = LocalCluster(**kwargs)
+    cluster_timing.update(start=round(time.perf_counter() - start, 2),
+                          waited=round(time.perf_counter() - start, 2))
+    return cluster

@@ -169,32 +169,38 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
     """Run the pipeline: prepare -> train -> compress -> convert -> validate -> decide ->
     record -> promote (stored steps are reused; nothing changed: nothing runs)."""
     start = time.perf_counter()  # before the imports: they are part of what a run costs
-    from shrinkflow.app.preflight import preflight
     from shrinkflow.core.workspace import Workspace
-    from shrinkflow.ops.locks import workspace_lock
+    from shrinkflow.plan.store import Store
 
     ws = Workspace.at(_workspace(workspace))
+    # A workspace without a stored step cannot be a no-op: the temporary Prefect API
+    # (seconds of CPU to come up) starts first thing, beside loading and checking the
+    # params on this process's core; stopped at exit if they are refused.
+    api = None if Store(ws.store_dir).has_entries() else _prestart_api()
     config = _load(params, set_, ws.root)  # validated before anything is computed
-    uri = preflight(config, ws)  # data, architectures, tracking store: before any server
+    from shrinkflow.app.preflight import preflight
+    from shrinkflow.ops.locks import workspace_lock
+
+    uri = preflight(config, ws)  # data, architectures, tracking store: before any step
     refresh = list(refresh or [])
     if "all" in refresh:
         from shrinkflow.steps.base import kinds
 
         refresh = list(kinds())
     with workspace_lock(ws.state_dir, "shrinkflow run", wait):
-        from shrinkflow.flows import runner
         from shrinkflow.ops import tracking
         from shrinkflow.ops.record import nothing_changed
         from shrinkflow.plan.plan import build_plan
-        from shrinkflow.plan.store import Store
 
         # A run that will compute (forced, or a new tracking store: no run to compare
-        # with, none left RUNNING) starts the temporary Prefect API now, and a new store
-        # is created in a subprocess, both while this process loads the flow; otherwise
-        # the API starts once the no-op test has failed.
+        # with, none left RUNNING) starts the temporary Prefect API and the local cluster
+        # now, and a new store is created in a subprocess (its first use waits for it),
+        # all while this process loads the flow; otherwise they start once the no-op
+        # test has failed.
         creating = tracking.create_store(uri)  # None unless a new local store
         new_store = creating is not None
-        api = runner.prestart() if refresh or new_store else None
+        if api is not None or refresh or new_store:
+            api = _prestart(config, dask_address, api)
 
         Store(ws.store_dir).clean_scratch()  # what a killed run left half-written
         moved = tracking.follow_moved_workspace(uri, ws.root, ws.state_dir)
@@ -211,12 +217,31 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
                 _print_outcome(same, time.perf_counter() - start, as_json)
                 return
         _quiet_known_tracebacks()
-        api = api or runner.prestart()  # comes up while the flow's modules load
+        api = _prestart(config, dask_address, api)  # up while the flow's modules load
         from shrinkflow.flows.pipeline import run_pipeline
 
-        tracking.store_created(creating)
         result = run_pipeline(config, ws.root, refresh, dask_address, api)
     _print_outcome(result, time.perf_counter() - start, as_json)
+
+
+def _prestart_api():
+    from shrinkflow.flows import runner
+
+    return runner.prestart()
+
+
+def _prestart(config, dask_address: str | None, api=None):
+    """Start the temporary Prefect API (when none is configured and ``api`` is not
+    started yet) and the local Dask cluster (when the run has no address) in the
+    background: both come up while this process prepares the run. Returns the API for
+    :func:`run_pipeline`."""
+    from shrinkflow.flows import runner
+    from shrinkflow.plan.params import dask_address as resolve_address
+
+    api = api or runner.prestart()
+    if not resolve_address(config, dask_address):
+        runner.prestart_cluster(config.base.parallel_steps, api)
+    return api
 
 
 @app.command()

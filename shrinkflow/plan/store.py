@@ -70,6 +70,12 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    def has_entries(self) -> bool:
+        """Whether any step result is stored (scratch space aside)."""
+        if not self.root.is_dir():
+            return False
+        return any(p.name != "tmp" and p.is_dir() for p in self.root.iterdir())
+
     def entry(self, key: str) -> Path:
         return self.root / key[:2] / key
 

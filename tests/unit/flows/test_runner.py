@@ -60,3 +60,30 @@ def test_a_worker_preloads_the_steps():
     # fixed it at 128 KiB: every activation tensor mapped and faulted in anew).
     assert "MALLOC_TRIM_THRESHOLD_" not in environ and environ["OMP_NUM_THREADS"] == "1"
     assert loaded == ["prefect.task_engine", "shrinkflow.steps.train", "torch"]
+
+
+@pytest.mark.slow
+def test_a_prestarted_cluster_is_adopted_once_with_its_settings():
+    """``shrinkflow run`` starts the cluster beside its own start; the task runner's first
+    step adopts it (no second cluster), with the local cluster's settings (the nanny's
+    malloc variable dropped: dask's defaults load before ours)."""
+    from distributed import Client
+    from shrinkflow.flows import runner
+
+    with dask.config.set({}):
+        started = runner.prestart_cluster(1, None)
+        assert runner.prestart_cluster(1, None) is started  # the same settings: kept
+        kwargs = runner.task_runner(1).cluster_kwargs
+        cluster = runner.local_cluster(**kwargs)
+        try:
+            assert cluster is started.cluster and set(runner.cluster_timing) == {"start", "waited"}
+            with Client(cluster) as client:
+                environ = next(iter(client.run(lambda: dict(__import__("os").environ)).values()))
+            assert "MALLOC_TRIM_THRESHOLD_" not in environ
+            runner.discard_cluster()  # adopted: not the prestarted one any more
+            assert cluster.status.name == "running"
+        finally:
+            cluster.close()
+        other = runner.prestart_cluster(1, None)
+        runner.discard_cluster()  # never adopted: closed
+        assert other.cluster.status.name == "closed"
