@@ -4,7 +4,9 @@ made and run in ``shrinkflow.plan``, what gets recorded in ``shrinkflow.ops.reco
 
 from __future__ import annotations
 
+import contextvars
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -38,18 +40,23 @@ def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outc
         plan = build_plan(params, ws.root)
         info = record.run_info(plan, ws)
     uri = resolve_tracking_uri(tracking_uri(params), ws.root)
-    with _timed(timing, "mlflow_start"):
-        run = rec.start_run(uri, params.base.experiment,
-                            ws.resolve(params.base.artifact_location).as_uri(), params.dump(),
-                            {**record.pipeline_tags(plan, ws, info), **_flow_run_tag()})
-    closing = None
+    # The MLflow run starts beside the steps (MLflow's import, and a new store's
+    # creation, cost seconds that nothing computed needs; the steps record nothing in
+    # it), and is started before latency is measured: nothing else may run then.
+    starting = _in_background(timing, "mlflow_start", rec.start_run, uri,
+                              params.base.experiment,
+                              ws.resolve(params.base.artifact_location).as_uri(), params.dump(),
+                              {**record.pipeline_tags(plan, ws, info), **_flow_run_tag()})
+    closing = run = None
     try:
         with _timed(timing, "compute"):
             records = execute(plan, ws, submit=submitter(str(ws.store_dir),
                                                          params.base.torch_threads,
                                                          priorities(plan)),
-                              refresh=set(refresh or ()))
+                              refresh=set(refresh or ()), quiet=starting.exception)
         closing = runner.release_local_cluster()  # no step runs after this
+        with _timed(timing, "mlflow_start_wait"):
+            run = starting.result()
         timing["steps_own"] = round(sum(r.seconds for r in records.values() if not r.cached), 2)
         outcome = _record(run, plan, records, ws, info, timing)
         if outcome.rejected.get("teacher"):  # nothing trustworthy: the run fails
@@ -57,6 +64,7 @@ def _pipeline(params: Params, workspace: str, refresh: list[str] | None) -> Outc
     except BaseException as exc:
         # The tracking server may be what failed: keep the first cause.
         with suppress(Exception):
+            run = run or starting.result()
             rec.end_run(run, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     finally:
@@ -74,6 +82,22 @@ def _flow_run_tag() -> dict[str, str]:
 
     root = flow_run.root_flow_run_id or flow_run.id
     return {f"{TAG}prefect_flow_run": str(root)} if root else {}
+
+
+def _in_background(timing: dict[str, float], what: str, fn, *args) -> Future:
+    """``fn(*args)`` (a task) in a thread of this flow run (its Prefect context copied);
+    ``timing[what]`` gets its duration."""
+    def timed():
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            timing[what] = round(time.perf_counter() - start, 2)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"shrinkflow-{what}")
+    future = pool.submit(contextvars.copy_context().run, timed)
+    pool.shutdown(wait=False)
+    return future
 
 
 @contextmanager
@@ -98,13 +122,23 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
     with _timed(timing, "publish"):
         publish(plan, records, ws)
         metric_files = record.write_metrics(ws, plan, records, decisions)
-    with _timed(timing, "dvc"):  # first: the lineage names the data's DVC hash
-        dvc = rec.record_dvc(params, ws, teacher_failed)
-    pushing = record.start_dvc_push(params, ws, dvc)  # while MLflow logs
-    info = {**info, "run_id": run.run_id, "dvc_data": dvc.get("data"),
-            "data": records["prepare"].output()}
+    # DVC commits (its own process) while MLflow logs the models in this one; then each
+    # model's lineage, which names the data's DVC hash, and the push.
+    committing = _in_background(timing, "dvc", rec.record_dvc, params, ws, teacher_failed)
+    info = {**info, "run_id": run.run_id, "data": records["prepare"].output()}
     with _timed(timing, "mlflow_models"):
         logged = rec.log_models(run, plan, records, decisions, info)
+    try:
+        with _timed(timing, "dvc_wait"):
+            dvc = committing.result()
+        pushing = record.start_dvc_push(params, ws, dvc)  # while the lineages are logged
+        info["dvc_data"] = dvc.get("data")
+        with _timed(timing, "lineage"):
+            rec.log_lineages(run, plan, records, logged, info)
+    except BaseException:
+        with suppress(Exception):
+            record.fail_model_runs(run, logged)
+        raise
     with _timed(timing, "dvc_push_wait"):  # pushed before any version is registered
         dvc.update(record.finish_dvc_push(pushing, ws))
     versions, promotions, moves = {}, {}, {}
@@ -162,13 +196,19 @@ def run_pipeline(params: Params, workspace: str | Path = ".", refresh: list[str]
     ws = Workspace.at(workspace)
     address = resolve_address(params, dask_address)
     start = time.perf_counter()
-    with runner.prefect_api(api):
-        api_seconds = time.perf_counter() - start
-        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: ws.state_dir / "results"}), \
-                tags(f"dataset:{params.prepare.dataset}", f"objective:{params.select.objective}"):
-            flow_ = pipeline.with_options(
-                task_runner=runner.task_runner(params.base.parallel_steps, address))
-            outcome = flow_(params=params, workspace=str(ws.root), refresh=list(refresh or []))
+    runner.cluster_timing.clear()
+    try:
+        with runner.prefect_api(api):
+            api_seconds = time.perf_counter() - start
+            with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: ws.state_dir / "results"}), \
+                    tags(f"dataset:{params.prepare.dataset}",
+                         f"objective:{params.select.objective}"):
+                flow_ = pipeline.with_options(
+                    task_runner=runner.task_runner(params.base.parallel_steps, address))
+                outcome = flow_(params=params, workspace=str(ws.root),
+                                refresh=list(refresh or []))
+    finally:
+        runner.discard_cluster()  # prestarted for a run that failed before its first step
     end = time.perf_counter()
     # Seconds the flow spent before its body started (flow run, Dask cluster) and after
     # it ended (cluster shut down, flow run finished, logs sent).
@@ -177,5 +217,6 @@ def run_pipeline(params: Params, workspace: str | Path = ".", refresh: list[str]
     if body_start is not None and body_end is not None:
         t.update(flow_start=round(body_start - start - api_seconds, 2),
                  flow_end=round(end - body_end, 2))
-    t.update(prefect_api=round(api_seconds, 2), flow_total=round(end - start, 2))
+    t.update(prefect_api=round(api_seconds, 2), flow_total=round(end - start, 2),
+             **{f"cluster_{k}": v for k, v in runner.cluster_timing.items()})
     return outcome

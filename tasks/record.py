@@ -37,6 +37,11 @@ def log_models(run: RunRef, plan, records, decisions, info) -> dict[str, dict[st
     return record.log_models(run, plan, records, decisions, info)
 
 
+@task(name="log-lineages", **_RETRY)
+def log_lineages(run: RunRef, plan, records, logged, info) -> None:
+    record.log_lineages(run, plan, records, logged, info)
+
+
 @task(name="register", **_RETRY)
 def register_and_promote(run: RunRef, plan, target, results, decision, records, logged, info):
     return record.register_and_promote(run, plan, target, results, decision, records, logged,

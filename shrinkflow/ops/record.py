@@ -368,7 +368,8 @@ def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord],
     target's metrics as they are, the others' prefixed with the target name (one row per
     model in MLflow's comparison view), the ONNX model, the other targets' artifacts under
     ``exports/<target>``. A model whose content is unchanged keeps its earlier run (its
-    verdict tags and latency are updated)."""
+    verdict tags and latency are updated). A new model's run stays RUNNING until
+    :func:`log_lineages` adds its lineage."""
     import numpy as np
 
     from shrinkflow.data.prepare import raw_test_split
@@ -444,17 +445,37 @@ def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord],
             other: ExportArtifact = records[sid].output()
             if t != TARGET and other.format != "failed":
                 c.log_artifacts(run_id, other.path, artifact_path=f"exports/{t}")
-        lineage = build_lineage(plan, records, name, parent_run, info)
-        lineage.model.onnx.mlflow_uri = stored["model_uri"]
-        lineage.model.onnx.mlflow_location = stored["location"]
-        lineage.model.onnx.mlflow_sha256 = stored["stored_sha256"]
-        lineage.run_id = run_id
-        c.log_text(run_id, lineage.to_json(), lin.ARTIFACT)
-        c.set_terminated(run_id, "FINISHED")
         logged[name] = {"run_id": run_id, "model_uri": stored["model_uri"],
                         "model_id": stored["model_id"], "onnx_sha256": export.sha256,
-                        "mlflow_sha256": stored["stored_sha256"], "reused": False}
+                        "mlflow_sha256": stored["stored_sha256"], "reused": False,
+                        "location": stored["location"], "parent_run": parent_run}
     return logged
+
+
+def fail_model_runs(run: RunRef, logged: dict[str, dict[str, Any]]) -> None:
+    """The runs :func:`log_models` left RUNNING become FAILED (the run failed before
+    their lineage was logged)."""
+    c = tracking.client(run.tracking_uri)
+    for entry in logged.values():
+        if not entry["reused"]:
+            c.set_terminated(entry["run_id"], "FAILED")
+
+
+def log_lineages(run: RunRef, plan: Plan, records: dict[str, StepRecord],
+                 logged: dict[str, dict[str, Any]], info: dict[str, Any]) -> None:
+    """Each newly logged model's lineage (which names the data's DVC hash: it is logged
+    once DVC has recorded the data), then its run is FINISHED."""
+    c = tracking.client(run.tracking_uri)
+    for name, entry in logged.items():
+        if entry["reused"]:
+            continue
+        lineage = build_lineage(plan, records, name, entry["parent_run"], info)
+        lineage.model.onnx.mlflow_uri = entry["model_uri"]
+        lineage.model.onnx.mlflow_location = entry["location"]
+        lineage.model.onnx.mlflow_sha256 = entry["mlflow_sha256"]
+        lineage.run_id = entry["run_id"]
+        c.log_text(entry["run_id"], lineage.to_json(), lin.ARTIFACT)
+        c.set_terminated(entry["run_id"], "FINISHED")
 
 
 def _log_curves(c, run_id: str, plan: Plan, records: dict[str, StepRecord], name: str) -> None:

@@ -164,11 +164,13 @@ def _result(handle: Any) -> StepRecord:
 
 def execute(plan: Plan, ws: Workspace, wanted: list[str] | None = None,
             submit: Submit | None = None, refresh: set[str] = frozenset(),
-            known: dict[str, StepRecord] | None = None) -> dict[str, StepRecord]:
+            known: dict[str, StepRecord] | None = None,
+            quiet: Callable[[], Any] | None = None) -> dict[str, StepRecord]:
     """Run the steps ``wanted`` (default: all) and what they depend on; return every
     step's record. ``submit(step, upstream)`` hands a step to a task runner and returns
     a future (upstream values may be futures; the flag forces a recompute); without it,
-    steps run here in order."""
+    steps run here in order. ``quiet()`` is called before the steps measured alone
+    (latency), to end the caller's own background work."""
     store = Store(ws.store_dir)
     todo = plan.upstream(wanted) if wanted else list(plan.steps)
     done = resolve_cached(plan, store, todo, refresh, known)
@@ -190,6 +192,8 @@ def execute(plan: Plan, ws: Workspace, wanted: list[str] | None = None,
             handles[step.id] = launch(step, handles)
     results = {sid: _result(h) for sid, h in handles.items()}  # raises a step's own error
     done.update(results)
+    if later and quiet is not None:
+        quiet()
     for step in later:  # measured alone: nothing else is running now
         done[step.id] = _result(launch(step, {}))
     return done

@@ -93,3 +93,19 @@ def test_a_failing_step_leaves_no_scratch(done, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         execute(plan, ws, refresh={"latency"})
     assert not list((ws.store_dir / "tmp").glob("*"))
+
+
+def test_quiet_is_called_once_before_the_steps_measured_alone(done, monkeypatch):
+    """The flow's background work (its MLflow run starting) ends before latency is
+    measured: nothing else may run then."""
+    from shrinkflow.plan import executor
+
+    ws, plan, _ = done
+    order, real = [], executor.run_step
+    monkeypatch.setattr(executor, "run_step",
+                        lambda step, *a: order.append(step.kind) or real(step, *a))
+    execute(plan, ws, refresh={"validate", "latency"}, quiet=lambda: order.append("quiet"))
+    assert order.count("quiet") == 1
+    before, after = order[:order.index("quiet")], order[order.index("quiet") + 1:]
+    assert "validate" in before and "latency" not in before
+    assert after and set(after) == {"latency"}
