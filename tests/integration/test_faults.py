@@ -31,11 +31,20 @@ def api(prefect_harness):
 def cli(ws: Path, *args: str, api: str, wait: bool = True, env: dict | None = None):
     cmd = [sys.executable, "-m", "shrinkflow.app.cli", *args, "--workspace", str(ws)]
     environment = {**venv_env(), "PREFECT_API_URL": api, **(env or {})}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ws, env=environment, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    if not wait:  # output to files: a pipe nobody reads fills up and blocks the run
+        logs = [ws.parent / f"{ws.name}-{time.time_ns()}.{s}" for s in ("out", "err")]
+        with open(logs[0], "w") as out, open(logs[1], "w") as err:
+            proc = subprocess.Popen(cmd, cwd=ws, env=environment, stdout=out, stderr=err,
+                                    text=True, start_new_session=True)
+        proc.logs = logs  # type: ignore[attr-defined]
+        return proc
     return subprocess.run(cmd, cwd=ws, env=environment, capture_output=True, text=True,
                           timeout=900)
+
+
+def output(proc: subprocess.Popen) -> tuple[str, str]:
+    """What a background run printed so far: (stdout, stderr)."""
+    return tuple(p.read_text() for p in proc.logs)  # type: ignore[attr-defined]
 
 
 def mlflow_client(ws: Path):
@@ -76,11 +85,17 @@ def ws(tmp_path):
     return root
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``predicate``; when ``proc`` (the run being watched) ends first, fail with
+    its output instead of waiting out the timeout."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
+        if proc is not None and proc.poll() is not None:
+            out, err = output(proc)
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}:\n"
+                                 f"{out[-2000:]}\n{err[-3000:]}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -94,9 +109,9 @@ def test_kill_9_then_rerun_completes_with_nothing_lost(ws, api, where):
     proc = cli(ws, "run", api=api, wait=False)
     if where == "mid-step":  # the teacher is training: a scratch directory exists
         wait_for(lambda: stored(ws) >= 1 and any((ws / ".shrinkflow" / "store" / "tmp").glob("*")),
-                 300, "a step in progress")
+                 300, "a step in progress", proc)
     else:  # right after the teacher's result is committed
-        wait_for(lambda: stored(ws) >= 2, 300, "two committed steps")
+        wait_for(lambda: stored(ws) >= 2, 300, "two committed steps", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     before = stored(ws)
@@ -113,9 +128,10 @@ def test_sigterm_ends_the_run_cleanly(ws, api):
     line, exit 143, its MLflow run FAILED and none of its processes left behind."""
     proc = cli(ws, "run", api=api, wait=False)
     wait_for(lambda: stored(ws) >= 1 and any((ws / ".shrinkflow" / "store" / "tmp").glob("*")),
-             300, "a step in progress")
+             300, "a step in progress", proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    err = output(proc)[1]
     assert proc.returncode == 143, err[-3000:]
     assert "terminated" in err and "Traceback" not in err, err[-3000:]
     assert "FAILED" in run_statuses(ws) and "RUNNING" not in run_statuses(ws)
