@@ -7,10 +7,11 @@ import it, directly or through other modules (function-level imports included).
 
 from __future__ import annotations
 
-import ast
+import dis
 import functools
 import hashlib
 from pathlib import Path
+from types import CodeType
 
 PACKAGE = "shrinkflow"
 
@@ -41,24 +42,40 @@ def _imports(path: Path, module: str) -> set[str]:
 
 @functools.lru_cache(maxsize=4096)
 def _parsed_imports(path: Path, module: str, mtime_ns: int, size: int) -> frozenset[str]:
-    """Parsed once per file version (a plan hashes a dozen closures sharing most files)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    """Read once per file version (a plan hashes a dozen closures sharing most files).
+
+    The imports are read from the compiled bytecode, not from ``ast.parse``: CPython
+    3.11's AST conversion keeps its recursion depth per interpreter, not per thread, and
+    two threads parsing at once (this one, and a traceback being formatted or torch
+    reading a source beside it) fail with "AST constructor recursion depth mismatch"."""
+    code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = module.split(".")
-                base = base if is_package else base[:-1]
-                base = base[:len(base) - (node.level - 1)]
-                prefix = ".".join(base + ([node.module] if node.module else []))
-            else:
-                prefix = node.module or ""
-            found.add(prefix)
-            found.update(f"{prefix}.{a.name}" for a in node.names)
+    for name, level, fromlist in _import_instructions(code):
+        if level:
+            base = module.split(".")
+            base = base if is_package else base[:-1]
+            base = base[:len(base) - (level - 1)]
+            prefix = ".".join(base + ([name] if name else []))
+        else:
+            prefix = name
+        found.add(prefix)
+        found.update(f"{prefix}.{n}" for n in fromlist or () if n != "*")
     return frozenset(m for m in found if m == PACKAGE or m.startswith(PACKAGE + "."))
+
+
+def _import_instructions(code: CodeType):
+    """(module, level, fromlist) of every ``import`` in ``code`` and the code nested in
+    it (functions, classes, comprehensions): IMPORT_NAME takes the level and fromlist
+    the two instructions before it pushed."""
+    before: list = [None, None]
+    for ins in dis.get_instructions(code):
+        if ins.opname == "IMPORT_NAME":
+            yield ins.argval, before[0] or 0, before[1]
+        before = [before[1], ins.argval]
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _import_instructions(const)
 
 
 def closure(modules: tuple[str, ...] | list[str], root: Path | None = None) -> list[Path]:

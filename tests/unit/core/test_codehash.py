@@ -42,3 +42,49 @@ def test_relative_imports_resolve(tmp_path):
     (pkg / "a" / "z.py").write_text("def f(): pass\n")
     names = {p.name for p in codehash.closure(["shrinkflow.a.x"], pkg)}
     assert {"x.py", "y.py", "z.py"} <= names
+
+
+def _ast_imports(path, module):
+    """What the package's files import, read the other way (from the syntax tree)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = module.split(".")
+            base = base if path.name == "__init__.py" else base[:-1]
+            base = base[:len(base) - (node.level - 1)] + ([node.module] if node.module else [])
+            prefix = ".".join(base) if node.level else node.module
+            found.add(prefix)
+            found.update(f"{prefix}.{a.name}" for a in node.names if a.name != "*")
+    return {m for m in found if m == "shrinkflow" or m.startswith("shrinkflow.")}
+
+
+def test_imports_read_from_bytecode_match_the_syntax_tree_for_every_file():
+    root = codehash.package_root()
+    checked = 0
+    for path in sorted(root.rglob("*.py")):
+        parts = ("shrinkflow", *path.relative_to(root).with_suffix("").parts)
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        assert codehash._imports(path, module) == _ast_imports(path, module), path
+        checked += bool(_ast_imports(path, module))
+    assert checked > 20
+
+
+def test_imports_in_functions_classes_and_comprehensions_are_found(tmp_path):
+    pkg = tmp_path / "shrinkflow"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in ("a", "b", "c", "d", "e"):
+        (pkg / f"{name}.py").write_text("")
+    (pkg / "m.py").write_text(
+        "import shrinkflow.a\n"
+        "def f():\n    from shrinkflow import b\n"
+        "class C:\n    def g(self):\n        import shrinkflow.c as c\n"
+        "x = [__import__('os') for _ in ()]\n"
+        "def h():\n    return [y for y in (lambda: __import__('shrinkflow.e'))()]\n"
+        "from .d import *\n")
+    names = {p.name for p in codehash.closure(["shrinkflow.m"], pkg)}
+    assert {"a.py", "b.py", "c.py", "d.py"} <= names and "e.py" not in names
