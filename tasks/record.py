@@ -4,9 +4,12 @@ run records and decides for itself). Each wraps one function of
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from prefect import task
+from prefect.utilities.annotations import quote
 
 from shrinkflow.decide.select import Decision, ModelResult
 from shrinkflow.ops import record, tracking
@@ -15,45 +18,63 @@ from shrinkflow.ops.tracking import RunRef
 _RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 3}
 
 
-@task(name="start-run", **_RETRY)
+def recording(name: str, **options: Any) -> Callable[[Callable], Callable]:
+    """A record-keeping task, called with its arguments quoted. They hold no futures (the
+    plan, every step's record, the decisions), and Prefect would otherwise walk each
+    field of each one twice per call looking for some: 2 s of a cold run's serial tail
+    on a slow core. ``.task`` is the Prefect task itself."""
+    def wrap(fn: Callable) -> Callable:
+        t = task(name=name, **options)(fn)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return t(*map(quote, args), **{k: quote(v) for k, v in kwargs.items()})
+
+        call.task = t  # type: ignore[attr-defined]
+        return call
+
+    return wrap
+
+
+@recording("start-run", **_RETRY)
 def start_run(uri: str, experiment: str, artifact_location: str | None,
               params: dict[str, Any], tags: dict[str, str]) -> RunRef:
     return tracking.start_pipeline_run(uri, experiment, artifact_location, params, tags)
 
 
-@task(name="decide")
+@recording("decide")
 def decide(plan, records, state_dir: str | None = None
            ) -> dict[str, tuple[list[ModelResult], Decision]]:
     return record.decide_all(plan, records, state_dir)
 
 
-@task(name="dvc-record", retries=1, retry_delay_seconds=2)
+@recording("dvc-record", retries=1, retry_delay_seconds=2)
 def record_dvc(params, ws, failures: list[str]) -> dict[str, Any]:
     return record.record_dvc(params, ws, failures)
 
 
-@task(name="log-models", **_RETRY)
+@recording("log-models", **_RETRY)
 def log_models(run: RunRef, plan, records, decisions, info) -> dict[str, dict[str, Any]]:
     return record.log_models(run, plan, records, decisions, info)
 
 
-@task(name="log-lineages", **_RETRY)
+@recording("log-lineages", **_RETRY)
 def log_lineages(run: RunRef, plan, records, logged, info) -> None:
     record.log_lineages(run, plan, records, logged, info)
 
 
-@task(name="register", **_RETRY)
+@recording("register", **_RETRY)
 def register_and_promote(run: RunRef, plan, target, results, decision, records, logged, info):
     return record.register_and_promote(run, plan, target, results, decision, records, logged,
                                        info)
 
 
-@task(name="report")
+@recording("report")
 def report(ws, run_id: str, decisions, moves: dict[str, str], machine: str):
     return record.write_report(ws, run_id, decisions, moves, machine)
 
 
-@task(name="tag-run", **_RETRY)
+@recording("tag-run", **_RETRY)
 def tag_run(ref: RunRef, tags: dict[str, str], artifacts: list[str] = (),
             text: dict[str, str] | None = None) -> None:
     tracking.set_tags(ref, tags)
@@ -63,12 +84,12 @@ def tag_run(ref: RunRef, tags: dict[str, str], artifacts: list[str] = (),
         tracking.log_text(ref, content, name)
 
 
-@task(name="end-run", **_RETRY)
+@recording("end-run", **_RETRY)
 def end_run(ref: RunRef, status: str, error: str | None = None) -> None:
     tracking.end_run(ref, status, error)
 
 
-@task(name="prefect-artifacts")
+@recording("prefect-artifacts")
 def publish_artifacts(decisions: dict[str, tuple[list[ModelResult], Decision]], report_md: str,
                       run: RunRef) -> None:
     """The run table and the report as Prefect artifacts, linked to the MLflow run."""
