@@ -87,3 +87,25 @@ def test_a_prestarted_cluster_is_adopted_once_with_its_settings():
         other = runner.prestart_cluster(1, None)
         runner.discard_cluster()  # never adopted: closed
         assert other.cluster.status.name == "closed"
+
+
+def test_prefect_clients_on_a_worker_share_one_tls_context(monkeypatch):
+    """A task run on a worker builds two Prefect clients, and each parsed certifi's CA
+    bundle into a new TLS context: the worker's preload makes them share one."""
+    import ssl
+
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+    from shrinkflow.tasks import worker
+
+    made = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context",
+                        lambda *a, **k: made.append(k) or real(*a, **k))
+    worker.share_tls_context()
+    worker.share_tls_context()  # twice: still one wrapper
+    worker._context.cache_clear()
+    api = "http://127.0.0.1:9/api"
+    clients = [SyncPrefectClient(api), SyncPrefectClient(api), PrefectClient(api)]
+    assert len(made) == 1 and made[0].get("cafile")  # certifi's bundle, loaded once
+    assert not getattr(SyncPrefectClient.__init__.__wrapped__, "_shrinkflow_shared_tls", False)
+    del clients
