@@ -428,15 +428,12 @@ def log_models(run: RunRef, plan: Plan, records: dict[str, StepRecord],
                                                                         by_alias=True)})
         config["convert"] = plan.params.convert.model_dump(mode="json")
         tracking.log_params(c, run_id, config)
-        stored = tracking.log_onnx_model(run_id, name, export.path, example, export.sha256)
+        stored = tracking.log_onnx_model(run_id, name, export.path, example, export.sha256,
+                                         dataset)
         c.set_tag(run_id, f"{TAG}model_uri", stored["model_uri"])
         c.set_tag(run_id, f"{TAG}mlflow_sha256", stored["stored_sha256"])
         tracking.log_metrics(c, run_id, values[name], model_id=stored["model_id"])
         _log_curves(c, run_id, plan, records, name)
-        import mlflow
-
-        with tracking.in_run(run_id):
-            mlflow.log_input(dataset, context="test")
         with tempfile.TemporaryDirectory() as d:  # stored under the model's own name
             named = Path(d) / f"{name}.pt"
             shutil.copyfile(ckpt.path, named)
