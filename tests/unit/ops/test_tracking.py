@@ -34,4 +34,3 @@ def test_a_new_store_is_created_in_a_subprocess(tmp_path, monkeypatch):
     c = tracking.client(uri)
     run = c.create_run(c.create_experiment("x"))
     assert run.info.status == "RUNNING"
-
