@@ -22,7 +22,7 @@ def recording(name: str, **options: Any) -> Callable[[Callable], Callable]:
     """A record-keeping task, called with its arguments quoted. They hold no futures (the
     plan, every step's record, the decisions), and Prefect would otherwise walk each
     field of each one twice per call looking for some: 2 s of a cold run's serial tail
-    on a slow core. ``.task`` is the Prefect task itself."""
+    on a slow core."""
     def wrap(fn: Callable) -> Callable:
         t = task(name=name, **options)(fn)
 
@@ -30,7 +30,6 @@ def recording(name: str, **options: Any) -> Callable[[Callable], Callable]:
         def call(*args: Any, **kwargs: Any) -> Any:
             return t(*map(quote, args), **{k: quote(v) for k, v in kwargs.items()})
 
-        call.task = t  # type: ignore[attr-defined]
         return call
 
     return wrap

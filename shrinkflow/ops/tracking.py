@@ -351,10 +351,10 @@ def test_dataset(data_path: str, dataset: str, fingerprint: str):
 
 
 def log_onnx_model(run_id: str, name: str, onnx_path: str, example: np.ndarray,
-                   sha256: str, dataset=None) -> dict[str, str]:
+                   sha256: str, dataset) -> dict[str, str]:
     """The ONNX file as an MLflow model (signature and input example: raw inputs), and
-    ``dataset`` (if given) as the run's test input: one entry into the run for both
-    (each costs ~50 ms of MLflow's SQL store)."""
+    ``dataset`` as the run's test input: one entry into the run for both (each costs
+    ~50 ms of MLflow's SQL store)."""
     import mlflow
     import onnx
 
@@ -371,8 +371,7 @@ def log_onnx_model(run_id: str, name: str, onnx_path: str, example: np.ndarray,
             metadata={"shrinkflow_variant": name}, tags={f"{TAG}onnx_sha256": sha256},
         )
         location = f"{mlflow.get_logged_model(info.model_id).artifact_location}/model.onnx"
-        if dataset is not None:
-            mlflow.log_input(dataset, context="test")
+        mlflow.log_input(dataset, context="test")
     return {"model_id": info.model_id, "model_uri": info.model_uri, "location": location,
             "stored_sha256": stored_sha256(location)}
 

@@ -105,7 +105,6 @@ def test_prefect_clients_on_a_worker_share_one_tls_context(monkeypatch):
     worker.share_tls_context()  # twice: still one wrapper
     worker._context.cache_clear()
     api = "http://127.0.0.1:9/api"
-    clients = [SyncPrefectClient(api), SyncPrefectClient(api), PrefectClient(api)]
+    SyncPrefectClient(api), SyncPrefectClient(api), PrefectClient(api)
     assert len(made) == 1 and made[0].get("cafile")  # certifi's bundle, loaded once
     assert not getattr(SyncPrefectClient.__init__.__wrapped__, "_shrinkflow_shared_tls", False)
-    del clients
