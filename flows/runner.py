@@ -251,16 +251,16 @@ def _configure_dask(local: bool) -> None:
 
 
 def task_runner(workers: int, address: str | None = None):
-    """A DaskTaskRunner: on the cluster at ``address``, else a local cluster of
-    ``workers`` single-threaded processes (the one :func:`prestart_cluster` started, if
-    it matches: see :func:`local_cluster`)."""
+    """A Dask task runner (:class:`shrinkflow.flows.daskrunner.TaskRunner`): on the
+    cluster at ``address``, else a local cluster of ``workers`` single-threaded processes
+    (the one :func:`prestart_cluster` started, if it matches: see :func:`local_cluster`)."""
     _configure_dask(local=not address)
-    from prefect_dask import DaskTaskRunner
+    from shrinkflow.flows.daskrunner import TaskRunner
 
     if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_class=f"{__name__}.local_cluster",
-                          cluster_kwargs=_cluster_kwargs(workers))
+        return TaskRunner(address=address)
+    return TaskRunner(cluster_class=f"{__name__}.local_cluster",
+                      cluster_kwargs=_cluster_kwargs(workers))
 
 
 class ClusterStart:

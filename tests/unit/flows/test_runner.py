@@ -108,3 +108,65 @@ def test_prefect_clients_on_a_worker_share_one_tls_context(monkeypatch):
     SyncPrefectClient(api), SyncPrefectClient(api), PrefectClient(api)
     assert len(made) == 1 and made[0].get("cafile")  # certifi's bundle, loaded once
     assert not getattr(SyncPrefectClient.__init__.__wrapped__, "_shrinkflow_shared_tls", False)
+
+
+def test_a_flow_dumps_its_settings_once_and_a_worker_builds_them_once(monkeypatch):
+    """Prefect ships the flow's settings with every task: the flow dumps one settings
+    context once, a worker builds the settings from one dump once; what a task sees is
+    what the flow had."""
+    import pickle
+
+    from prefect import context, task_engine
+    from prefect.settings import PREFECT_API_URL, PREFECT_TASKS_DEFAULT_RETRIES, temporary_settings
+    from shrinkflow.flows import daskrunner
+    from shrinkflow.tasks import worker
+
+    monkeypatch.setattr(context.SettingsContext, "serialize", context.SettingsContext.serialize)
+    monkeypatch.setattr(task_engine, "hydrated_context", task_engine.hydrated_context)
+    prefects = context.SettingsContext.serialize
+    daskrunner.reuse_settings_dumps()
+    worker.reuse_hydrated_settings()
+    worker.reuse_hydrated_settings()  # twice: still one wrapper
+    assert not getattr(task_engine.hydrated_context.__wrapped__, "_shrinkflow_reused", False)
+    api = {PREFECT_API_URL: "http://127.0.0.1:9/api"}  # a client is made, never used
+    with temporary_settings({**api, PREFECT_TASKS_DEFAULT_RETRIES: 3}):
+        flows = context.SettingsContext.get()
+        first = context.serialize_context()
+        assert context.serialize_context()["settings_context"] is first["settings_context"]
+        assert first["settings_context"] == prefects(flows)
+    with temporary_settings({**api, PREFECT_TASKS_DEFAULT_RETRIES: 4}):
+        other = context.serialize_context()
+    seen = []
+    for dump in (first, first, other):  # each as a worker gets it: unpickled anew
+        with task_engine.hydrated_context(pickle.loads(pickle.dumps(dump))):
+            seen.append(context.SettingsContext.get().settings)
+    assert seen[0] is seen[1] and seen[0] == flows.settings
+    assert (seen[0].tasks.default_retries, seen[2].tasks.default_retries) == (3, 4)
+
+
+@pytest.mark.slow
+def test_steps_on_the_task_runner_see_the_flows_settings_and_are_not_tokenized(
+        monkeypatch, prefect_harness):
+    """Tasks on the flow's Dask task runner run as on Prefect's own: each sees the flow's
+    settings (here one the flow set, not the worker's environment); Dask never hashes a
+    submission to make its key."""
+    import distributed.client
+    from prefect import flow, task
+    from prefect.settings import PREFECT_TASKS_DEFAULT_RETRIES, temporary_settings
+    from shrinkflow.flows import runner
+
+    def no_tokenize(*args, **kwargs):
+        raise AssertionError("a submission was tokenized")
+
+    monkeypatch.setattr(distributed.client, "tokenize", no_tokenize)
+
+    @task
+    def retries(i: int) -> tuple[int, int]:
+        return i, PREFECT_TASKS_DEFAULT_RETRIES.value()
+
+    @flow(task_runner=runner.task_runner(1))
+    def fan_out() -> list[tuple[int, int]]:
+        return [f.result() for f in retries.map(range(3))]
+
+    with dask.config.set({}), temporary_settings({PREFECT_TASKS_DEFAULT_RETRIES: 5}):
+        assert fan_out() == [(0, 5), (1, 5), (2, 5)]
