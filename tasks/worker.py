@@ -19,21 +19,46 @@ import functools
 import os
 import pickle
 import ssl
+import sys
 import threading
 from typing import Any
 
 
 def _load() -> None:
+    lower_thread_priority()
     import torch  # noqa: F401
     from shrinkflow.tasks import steps  # noqa: F401 (its import registers every step kind)
 
 
-def dask_setup(worker) -> None:  # noqa: ARG001 (Dask's preload hook)
+def _load_engine() -> None:
+    lower_thread_priority()
     import prefect.task_engine  # noqa: F401
 
+
+def dask_setup(worker) -> None:  # noqa: ARG001 (Dask's preload hook)
+    # In a thread of its own only for its lower priority (this one waits for it).
+    engine = threading.Thread(target=_load_engine, name="shrinkflow-preload-engine")
+    engine.start()
+    engine.join()
     share_tls_context()
     reuse_hydrated_settings()
     threading.Thread(target=_load, name="shrinkflow-preload", daemon=True).start()
+
+
+def lower_thread_priority(by: int = 10) -> None:
+    """Lower this thread's CPU priority (Linux: a thread's nice value is its own).
+
+    A run starts its workers while the temporary Prefect API comes up, and the flow can
+    start only once the API answers; the workers' imports (~9 s of CPU each: Prefect,
+    torch, the steps) took ~2/3 of the two cores meanwhile, and the API came up ~10 s
+    later than on an idle core. At a lower priority they take what the API and the
+    flow's process leave; the first step waits for them only if it comes sooner. The
+    thread ends with its imports, so the steps run at the worker's own priority."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + by)
 
 
 def share_tls_context() -> None:

@@ -105,8 +105,10 @@ def create_store(uri: str):
 
     if not is_new_store(uri):
         return None
-    # MLflow alone (shrinkflow's modules would load torch: 1.3 s of the 4.5 s it took).
-    code = ("import sys; from mlflow.tracking import MlflowClient; "
+    # MLflow alone (shrinkflow's modules would load torch: 1.3 s of the 4.5 s it took),
+    # at a lower CPU priority: it is needed only once the steps run, and its ~8 s of CPU
+    # came out of the temporary Prefect API's start, which the whole run waits for.
+    code = ("import os, sys; os.nice(10); from mlflow.tracking import MlflowClient; "
             "MlflowClient(tracking_uri=sys.argv[1]).search_experiments(max_results=1)")
     proc = subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
