@@ -134,8 +134,19 @@ def configured_api() -> str:
 
 def prestart() -> TemporaryApi | None:
     """Start the temporary API now, when no API is configured, so that it comes up while
-    the flow's modules load (pass it to :func:`prefect_api`)."""
-    return None if configured_api() else TemporaryApi()
+    the flow's modules load (pass it to :func:`prefect_api`).
+
+    It is spawned before this process imports Prefect's settings to see whether an API
+    is configured (the import alone is ~1.5 s of CPU, and the whole run waits for the
+    API), and stopped at once if one is: in a profile or a settings file. An API in the
+    environment is seen without Prefect."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    api = TemporaryApi()
+    if configured_api():
+        api.stop()
+        return None
+    return api
 
 
 @contextlib.contextmanager

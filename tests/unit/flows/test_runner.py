@@ -170,3 +170,32 @@ def test_steps_on_the_task_runner_see_the_flows_settings_and_are_not_tokenized(
 
     with dask.config.set({}), temporary_settings({PREFECT_TASKS_DEFAULT_RETRIES: 5}):
         assert fan_out() == [(0, 5), (1, 5), (2, 5)]
+
+
+def test_the_temporary_api_starts_before_prefect_loads_and_only_when_none_is_configured(
+        monkeypatch):
+    """``prestart`` spawns the temporary API before importing Prefect's settings; an API
+    in the environment starts nothing, one in Prefect's settings (a profile) stops it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from shrinkflow.flows import runner
+
+    made = []
+
+    class Api:
+        def __init__(self):
+            self.stopped = False
+            made.append(self)
+
+        def stop(self):
+            self.stopped = True
+
+    monkeypatch.setattr(runner, "TemporaryApi", Api)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert runner.prestart() is None and not made
+    monkeypatch.delenv("PREFECT_API_URL")
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert runner.prestart() is None
+    assert len(made) == 1 and made[0].stopped
+    with temporary_settings({PREFECT_API_URL: None}):
+        started = runner.prestart()
+    assert started is made[1] and not started.stopped
