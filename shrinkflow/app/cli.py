@@ -194,11 +194,10 @@ def run(params: ParamsOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
 
         # A run that will compute (forced, or a new tracking store: no run to compare
         # with, none left RUNNING) starts the temporary Prefect API and the local cluster
-        # now, and a new store is created in a subprocess (its first use waits for it),
-        # all while this process loads the flow; otherwise they start once the no-op
-        # test has failed.
-        creating = tracking.create_store(uri)  # None unless a new local store
-        new_store = creating is not None
+        # now, while this process loads the flow; otherwise they start once the no-op
+        # test has failed. A new store is created where the flow starts its MLflow run,
+        # beside the first steps.
+        new_store = tracking.is_new_store(uri)
         if api is not None or refresh or new_store:
             api = _prestart(config, dask_address, api)
 

@@ -90,41 +90,6 @@ def is_new_store(uri: str) -> bool:
     return path is not None and not path.exists()
 
 
-_creating: dict[str, Any] = {}  # uri -> the subprocess creating that store
-
-
-def create_store(uri: str):
-    """Start creating a new local SQLite store in a subprocess: MLflow's import and
-    schema migrations (~2.5 s of CPU) then overlap the run's start (loading the flow, the
-    cluster, the first steps) on another core. The first :func:`client` of ``uri`` in
-    this process waits for it (so does :func:`store_created`). None when the store
-    exists or is a server. The subprocess runs in this process's directory and
-    environment, so the store is the one this process would have created."""
-    import subprocess
-    import sys
-
-    if not is_new_store(uri):
-        return None
-    # MLflow alone (shrinkflow's modules would load torch: 1.3 s of the 4.5 s it took),
-    # at a lower CPU priority: it is needed only once the steps run, and its ~8 s of CPU
-    # came out of the temporary Prefect API's start, which the whole run waits for.
-    code = ("import os, sys; os.nice(10); from mlflow.tracking import MlflowClient; "
-            "MlflowClient(tracking_uri=sys.argv[1]).search_experiments(max_results=1)")
-    proc = subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _creating[uri] = proc
-    return proc
-
-
-def store_created(creating) -> None:
-    """Wait for :func:`create_store`'s subprocess. Had it failed, the store is created
-    (or its error reported) where this process first opens it."""
-    if creating is not None:
-        creating.wait()
-        for uri in [u for u, p in _creating.items() if p is creating]:
-            _creating.pop(uri, None)
-
-
 def _check_sqlite(path: Path) -> None:
     import sqlite3
 
@@ -145,11 +110,9 @@ def _check_sqlite(path: Path) -> None:
 
 
 def client(uri: str):
-    """An MlflowClient for ``uri``; also sets the process-wide URI for ``log_model``.
-    Waits for the store's creation when :func:`create_store` started it."""
+    """An MlflowClient for ``uri`` (a new SQLite store is created and migrated here);
+    also sets the process-wide URI for ``log_model``."""
     import logging
-
-    store_created(_creating.get(uri))
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)

@@ -16,21 +16,16 @@ def test_client_leaves_no_tracking_uri_behind(tmp_path, monkeypatch):
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://user:5000"
 
 
-def test_a_new_store_is_created_in_a_subprocess(tmp_path, monkeypatch):
-    """`shrinkflow run` creates a new SQLite store beside loading the flow; the store is
-    the one MLflow would have made here (its default experiment and schema)."""
+def test_a_new_store_is_created_by_its_first_client(tmp_path, monkeypatch):
+    """A new SQLite store (no run in it: a run cannot be a no-op) is created where it is
+    first opened; the store is the one MLflow makes (its default experiment, schema)."""
     from shrinkflow.ops import tracking
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    creating = tracking.create_store(uri)
-    assert creating is not None
-    tracking.store_created(creating)
-    assert creating.returncode == 0 and not tracking.is_new_store(uri)
-    assert tracking.create_store(uri) is None  # it exists now
-    assert tracking.create_store("http://127.0.0.1:5000") is None  # a server
+    assert tracking.is_new_store(uri) and not tracking.is_new_store("http://127.0.0.1:5000")
     exp = tracking.client(uri).get_experiment("0")
-    assert exp.name == "Default"
+    assert exp.name == "Default" and not tracking.is_new_store(uri)
     c = tracking.client(uri)
     run = c.create_run(c.create_experiment("x"))
     assert run.info.status == "RUNNING"
