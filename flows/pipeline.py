@@ -84,6 +84,13 @@ def _flow_run_tag() -> dict[str, str]:
     return {f"{TAG}prefect_flow_run": str(root)} if root else {}
 
 
+def _commit_then_push(params: Params, ws: Workspace, teacher_failed: list[str]):
+    """Record the outputs in DVC, then start their push at once (it waited for the end
+    of MLflow's logging: ~2 s of every cold run); the push's future, to collect."""
+    dvc = rec.record_dvc(params, ws, teacher_failed)
+    return dvc, record.start_dvc_push(params, ws, dvc)
+
+
 def _in_background(timing: dict[str, float], what: str, fn, *args) -> Future:
     """``fn(*args)`` (a task) in a thread of this flow run (its Prefect context copied);
     ``timing[what]`` gets its duration."""
@@ -122,16 +129,15 @@ def _record(run, plan: Plan, records, ws: Workspace, info, timing) -> Outcome:
     with _timed(timing, "publish"):
         publish(plan, records, ws)
         metric_files = record.write_metrics(ws, plan, records, decisions)
-    # DVC commits (its own process) while MLflow logs the models in this one; then each
-    # model's lineage, which names the data's DVC hash, and the push.
-    committing = _in_background(timing, "dvc", rec.record_dvc, params, ws, teacher_failed)
+    # DVC commits and then pushes (its own processes) while MLflow logs the models in
+    # this one; then each model's lineage, which names the data's DVC hash.
+    committing = _in_background(timing, "dvc", _commit_then_push, params, ws, teacher_failed)
     info = {**info, "run_id": run.run_id, "data": records["prepare"].output()}
     with _timed(timing, "mlflow_models"):
         logged = rec.log_models(run, plan, records, decisions, info)
     try:
         with _timed(timing, "dvc_wait"):
-            dvc = committing.result()
-        pushing = record.start_dvc_push(params, ws, dvc)  # while the lineages are logged
+            dvc, pushing = committing.result()
         info["dvc_data"] = dvc.get("data")
         with _timed(timing, "lineage"):
             rec.log_lineages(run, plan, records, logged, info)
