@@ -49,11 +49,12 @@ def lower_thread_priority(by: int = 10) -> None:
     """Lower this thread's CPU priority (Linux: a thread's nice value is its own).
 
     A run starts its workers while the temporary Prefect API comes up, and the flow can
-    start only once the API answers; the workers' imports (~9 s of CPU each: Prefect,
-    torch, the steps) took ~2/3 of the two cores meanwhile, and the API came up ~10 s
-    later than on an idle core. At a lower priority they take what the API and the
-    flow's process leave; the first step waits for them only if it comes sooner. The
-    thread ends with its imports, so the steps run at the worker's own priority."""
+    start only once the API answers; the workers' imports (~7 s of CPU each: Prefect,
+    torch, the steps) took about a core meanwhile, and the API answered ~19 s after its
+    start, against 8.5 s on an idle machine (AVX2 AMD EPYC, 2 cores). At a lower
+    priority they take what the API and the flow's process leave; the first step waits
+    for them only if it comes sooner. The thread ends with its imports, so the steps run
+    at the worker's own priority."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError):
@@ -120,8 +121,8 @@ def reuse_hydrated_settings() -> None:
     Idempotent."""
     from prefect import context, task_engine
 
-    original = context.hydrated_context
-    if getattr(task_engine.hydrated_context, "_shrinkflow_reused", False):
+    original = task_engine.hydrated_context
+    if getattr(original, "_shrinkflow_reused", False):
         return
     built: dict[bytes, Any] = {}
 
@@ -134,12 +135,13 @@ def reuse_hydrated_settings() -> None:
             return
         env = sorted((k, v) for k, v in os.environ.items() if k.startswith("PREFECT_"))
         key = pickle.dumps((dump, env))
-        if key not in built:
+        entry = built.get(key)  # one read: another task's thread may clear the dict
+        if entry is None:
             if len(built) >= 8:  # settings that keep changing: keep the newest only
                 built.clear()
             made = context.SettingsContext(**dump)
-            built[key] = (made.profile, made.settings)
-        profile, settings = built[key]
+            entry = built[key] = (made.profile, made.settings)
+        profile, settings = entry
         with context.SettingsContext(profile=profile, settings=settings), \
                 original({**serialized_context, "settings_context": {}}, client):
             yield

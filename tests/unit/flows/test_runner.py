@@ -126,8 +126,9 @@ def test_a_flow_dumps_its_settings_once_and_a_worker_builds_them_once(monkeypatc
     prefects = context.SettingsContext.serialize
     daskrunner.reuse_settings_dumps()
     worker.reuse_hydrated_settings()
+    wrapped = task_engine.hydrated_context
     worker.reuse_hydrated_settings()  # twice: still one wrapper
-    assert not getattr(task_engine.hydrated_context.__wrapped__, "_shrinkflow_reused", False)
+    assert task_engine.hydrated_context is wrapped
     api = {PREFECT_API_URL: "http://127.0.0.1:9/api"}  # a client is made, never used
     with temporary_settings({**api, PREFECT_TASKS_DEFAULT_RETRIES: 3}):
         flows = context.SettingsContext.get()
