@@ -26,6 +26,7 @@ from typing import Any
 from prefect.context import SettingsContext
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
+from shrinkflow.tasks.worker import wrap_once
 
 
 class TaskRunner(DaskTaskRunner):
@@ -51,9 +52,10 @@ def reuse_settings_dumps() -> None:
     """``SettingsContext.serialize`` keeps its last result and returns it again for the
     same context object (a context is immutable: settings change by entering a new one).
     The dump is only read (pickled into each task's submission). Idempotent."""
-    serialize = SettingsContext.serialize
-    if getattr(serialize, "_shrinkflow_reused", False):
-        return
+    wrap_once(SettingsContext, "serialize", _reusing_dumps, "_shrinkflow_reused")
+
+
+def _reusing_dumps(serialize):
     last: list[tuple[SettingsContext, bool, dict[str, Any]]] = [(None, True, {})]
 
     @functools.wraps(serialize)
@@ -65,5 +67,4 @@ def reuse_settings_dumps() -> None:
         last[0] = (self, include_secrets, dump)  # holds the context: no other gets its id
         return dump
 
-    reused._shrinkflow_reused = True  # type: ignore[attr-defined]
-    SettingsContext.serialize = reused  # type: ignore[method-assign]
+    return reused

@@ -62,6 +62,17 @@ def lower_thread_priority(by: int = 10) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + by)
 
 
+def wrap_once(owner: Any, name: str, wrap, flag: str) -> None:
+    """Replace ``owner.<name>`` with ``wrap(owner.<name>)``, marked with ``flag``; a
+    second call finds the mark and leaves it (a process installs each wrapper once)."""
+    current = getattr(owner, name)
+    if getattr(current, flag, False):
+        return
+    wrapped = wrap(current)
+    setattr(wrapped, flag, True)
+    setattr(owner, name, wrapped)
+
+
 def share_tls_context() -> None:
     """Prefect's API clients, built with no ``verify`` of their own, share one TLS context.
 
@@ -74,9 +85,7 @@ def share_tls_context() -> None:
     from prefect.client import orchestration
 
     for cls in (orchestration.PrefectClient, orchestration.SyncPrefectClient):
-        if getattr(cls.__init__, "_shrinkflow_shared_tls", False):
-            continue
-        cls.__init__ = _with_shared_context(cls.__init__)
+        wrap_once(cls, "__init__", _with_shared_context, "_shrinkflow_shared_tls")
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,7 +112,6 @@ def _with_shared_context(init):
                                           ps.PREFECT_API_SSL_CERT_FILE.value() or None)
         init(self, *args, httpx_settings=settings, **kwargs)
 
-    wrapped._shrinkflow_shared_tls = True  # type: ignore[attr-defined]
     return wrapped
 
 
@@ -119,11 +127,14 @@ def reuse_hydrated_settings() -> None:
     settings for each task. The key holds the dump and this process's ``PREFECT_*``
     environment, everything the settings are built from beside the profile files.
     Idempotent."""
-    from prefect import context, task_engine
+    from prefect import task_engine
 
-    original = task_engine.hydrated_context
-    if getattr(original, "_shrinkflow_reused", False):
-        return
+    wrap_once(task_engine, "hydrated_context", _reusing_settings, "_shrinkflow_reused")
+
+
+def _reusing_settings(original):
+    from prefect import context
+
     built: dict[bytes, Any] = {}
 
     @contextlib.contextmanager
@@ -146,5 +157,4 @@ def reuse_hydrated_settings() -> None:
                 original({**serialized_context, "settings_context": {}}, client):
             yield
 
-    hydrated._shrinkflow_reused = True  # type: ignore[attr-defined]
-    task_engine.hydrated_context = hydrated
+    return hydrated
